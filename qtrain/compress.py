@@ -1,0 +1,159 @@
+"""``compress(model, data, config)``: the one public verb, from a network to a checkpoint."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata as md
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from . import checkpoint as ckpt
+from .config import CompressConfig, to_dict
+from .data import check_finite, load_data
+from .errors import QTrainError
+from .models import Target
+from .quantum_train import QuantumTrain
+from .train import check_fit, evaluate, fit, resolve_device, task_of
+
+
+@dataclass
+class CompressResult:
+    """What :func:`compress` returns.
+
+    Attributes:
+        model: the regenerated classical network (eval mode), ready for inference.
+        quantum_train: the trained :class:`QuantumTrain` wrapper.
+        counts: generated and trainable parameter counts and the compression ratio.
+        metrics: final metrics of the kept (best) epoch.
+        history: per-epoch metrics.
+        out: the output folder, if files were written.
+    """
+
+    model: nn.Module
+    quantum_train: QuantumTrain
+    counts: dict
+    metrics: dict
+    history: list
+    out: Path | None
+
+
+def default_out(name: str, qt: QuantumTrain, root: str | Path = "checkpoints") -> Path:
+    c = qt.circuit
+    return Path(root) / f"{name}-{c.ansatz}-q{c.qubits}-L{c.blocks}"
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in ("qtrain", "torch", "numpy", "safetensors", "pennylane"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def prepare_out(out: Path, resume: bool, force: bool) -> None:
+    """Create ``out``; refuse to overwrite another run unless resuming or forced."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise QTrainError(f"--out {out} is a file: choose a folder")
+    taken = any((out / f).exists() for f in (ckpt.RECORD, ckpt.STATE, ckpt.COMPRESSED))
+    if taken and not (resume or force):
+        raise QTrainError(f"{out} already holds a run: pass --resume to continue it, --force "
+                          "to overwrite it, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QTrainError(f"cannot create --out {out} ({exc.strerror}): choose a writable "
+                          "folder") from exc
+    if force and not resume:
+        (out / ckpt.STATE).unlink(missing_ok=True)
+
+
+def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "digits",
+             config: CompressConfig | None = None, out: str | Path | None = None, *,
+             resume: bool = False, force: bool = False, data_record: dict | None = None,
+             on_ready=None) -> CompressResult:
+    """Quantum-Train ``model``: train a circuit and mapping MLP that generate all its weights.
+
+    Args:
+        model: the target network (its current weights set the init-aware scaling), or a
+            :class:`~qtrain.models.Target` from :func:`~qtrain.models.load_target`.
+        data: a ``--data`` spec (``"digits"``, an IDX folder, an ``.npz``, ...) or a
+            (train_dataset, test_dataset) pair.
+        config: sizing, circuit, mapping and training settings.
+        out: a folder for the checkpoint files; ``None`` writes nothing.
+        resume: continue from ``out/train_state.pt``.
+        force: overwrite a finished run in ``out``.
+
+    Returns:
+        A :class:`CompressResult` with the regenerated classical model.
+    """
+    cfg = config or CompressConfig()
+    target = model if isinstance(model, Target) else Target(
+        model, {"module": type(model).__module__ + ":" + type(model).__qualname__},
+        type(model).__name__.lower())
+    if isinstance(data, str):
+        data_record = {"spec": data, **(data_record or {})}
+        data = load_data(data, seed=cfg.train.seed, data_dir=(data_record or {}).get("dir"))
+    train_ds, test_ds = data
+    check_finite(train_ds, "train")
+    check_finite(test_ds, "test")
+    resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    qt = QuantumTrain(target.module, cfg.qt)
+    task = task_of(train_ds)
+    check_fit(qt, train_ds, task)
+    counts = qt.counts()
+    if out == "auto":
+        out = default_out(target.name, qt)
+    if out is not None:
+        out = Path(out)
+        prepare_out(out, resume, force)
+    if on_ready:
+        on_ready(qt, counts, out)
+    original = None
+    if target.trained:
+        device = resolve_device(cfg.train.device)
+        saved = {n: p.detach().clone() for n, p in target.module.named_parameters()}
+        qt.to(device)
+        # the MODEL's own weights, evaluated through the same path with nothing generated
+        loss, acc = evaluate(qt, test_ds, task, device, weights=saved)
+        original = {"test_loss": loss, "test_accuracy": acc}
+    history = fit(qt, train_ds, test_ds, cfg.train, out, resume)
+    device = resolve_device(cfg.train.device)
+    weights = qt.generate()
+    test_loss, acc = evaluate(qt, test_ds, task, device, weights=weights)
+    train_loss, train_acc = evaluate(qt, train_ds, task, device, weights=weights)
+    best = max(history, key=lambda r: r["test_accuracy"] if task == "classification"
+               else -r["test_loss"])
+    metrics = {"test_accuracy": acc, "test_loss": test_loss, "train_loss": train_loss,
+               "train_accuracy": train_acc, "generalization_gap": test_loss - train_loss,
+               "best_epoch": best["epoch"], "epochs": len(history),
+               "seconds": sum(r["seconds"] for r in history)}
+    if original:
+        metrics["original"] = original
+    model_out = qt.materialize().eval()
+    if out is not None:
+        x0 = train_ds[0][0]
+        record = {
+            "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "name": target.name, "arch": target.arch, "source": target.source,
+            "sizing": {"generated": qt.layout.size, "qubits": qt.circuit.qubits,
+                       "chunk": qt.chunk, "blocks": qt.circuit.blocks,
+                       "ansatz": qt.circuit.ansatz},
+            "config": to_dict(cfg), "manifest": qt.layout.manifest(),
+            "classical": qt.layout.classical, "counts": counts, "metrics": metrics,
+            "data": {**(data_record or {}), "task": task, "train_size": len(train_ds),
+                     "test_size": len(test_ds), "input_shape": list(torch.as_tensor(x0).shape)},
+            "versions": _versions(),
+        }
+        ckpt.write_tensors(out / ckpt.COMPRESSED, qt.state_dict(), "quantum-train")
+        ckpt.write_tensors(out / ckpt.MODEL, model_out.state_dict(), "regenerated-model")
+        ckpt.write_json(out / ckpt.RECORD, record)
+    return CompressResult(model_out, qt, counts, metrics, history, out)

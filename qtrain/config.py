@@ -1,0 +1,147 @@
+"""Dataclass configs, versioned, serialised as ``{_type, _version, _data}`` (as torchao does)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .circuits import ANSATZE
+from .errors import QTrainError
+
+SCALINGS = ("tensor", "none")
+ACTIVATIONS = ("relu", "gelu", "tanh", "none")
+BACKENDS = ("native", "pennylane")
+DEVICES = ("cpu", "cuda", "mps")
+SCHEDULES = ("plateau", "cosine")
+
+
+def _choice(value, options, flag):
+    if value not in options:
+        raise QTrainError(f"unknown {flag} {value!r}: use one of {', '.join(options)}")
+
+
+@dataclass
+class QTConfig:
+    """How the weights are generated: sizing, circuit, mapping and post-processing.
+
+    Attributes:
+        qubits: circuit width n; ``None`` picks ceil(log2 ceil(M / chunk)).
+        chunk: weights emitted per basis state k; ``None`` picks the smallest k with 2^n * k >= M.
+        ansatz: ``ry`` (RY layer + CNOT ring) or ``u3`` (U3 layer + CU3 ring).
+        blocks: circuit depth L.
+        mapping_hidden: hidden widths of the mapping MLP.
+        mapping_act: activation between mapping layers: relu, gelu, tanh or none.
+        scaling: ``tensor`` standardises each generated tensor and applies a learnable gain
+            (initialised to the tensor's init std) and shift; ``none`` is the toolkit's recipe.
+        gamma, beta, alpha: probability post-processing x = (beta * tanh(gamma 2^(n-1) p))^alpha.
+        include, exclude: glob patterns on parameter names choosing what is generated.
+        backend: ``native`` (torch statevector) or ``pennylane`` (a QNode on ``pl_device``).
+        pl_device: the PennyLane device name for the pennylane backend.
+        max_auto_qubits: the widest circuit chosen when both qubits and chunk are automatic.
+    """
+
+    qubits: int | None = None
+    chunk: int | None = None
+    ansatz: str = "ry"
+    blocks: int = 8
+    mapping_hidden: tuple[int, ...] = (20,)
+    mapping_act: str = "gelu"
+    scaling: str = "tensor"
+    gamma: float = 0.1
+    beta: float = 0.8
+    alpha: float = 0.3
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    backend: str = "native"
+    pl_device: str = "default.qubit"
+    max_auto_qubits: int = 20
+
+    def __post_init__(self):
+        self.mapping_hidden = tuple(int(h) for h in self.mapping_hidden)
+        self.include, self.exclude = tuple(self.include), tuple(self.exclude)
+        _choice(self.ansatz, ANSATZE, "--ansatz")
+        _choice(self.mapping_act, ACTIVATIONS, "--mapping-act")
+        _choice(self.scaling, SCALINGS, "--scaling")
+        _choice(self.backend, BACKENDS, "--backend")
+        if any(h < 1 for h in self.mapping_hidden):
+            raise QTrainError("--mapping-hidden widths must be positive integers, e.g. 4,20,4")
+        if self.blocks < 1:
+            raise QTrainError(f"--blocks {self.blocks} must be at least 1")
+        if self.chunk is not None and self.chunk < 1:
+            raise QTrainError(f"--chunk {self.chunk} must be at least 1")
+
+
+@dataclass
+class TrainConfig:
+    """How the trainable Quantum-Train parameters are optimised.
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: examples per optimizer step.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        clip: max gradient norm (``0`` disables clipping).
+        seed: seeds initialisation and data order.
+        device: ``cpu``, ``cuda`` or ``mps``.
+        schedule: ``plateau`` (ReduceLROnPlateau on the training loss) or ``cosine``
+            (annealed to zero over the epochs).
+        patience, factor: the plateau schedule's settings.
+        quiet: no progress bars.
+    """
+
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 2e-2
+    weight_decay: float = 0.0
+    clip: float = 10.0
+    seed: int = 0
+    device: str = "cpu"
+    schedule: str = "cosine"
+    patience: int = 5
+    factor: float = 0.5
+    quiet: bool = False
+
+    def __post_init__(self):
+        _choice(self.device, DEVICES, "--device")
+        _choice(self.schedule, SCHEDULES, "--schedule")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise QTrainError("--epochs and --batch-size must be at least 1")
+        if self.lr <= 0:
+            raise QTrainError(f"--lr {self.lr} must be positive")
+
+
+@dataclass
+class CompressConfig:
+    """Everything :func:`qtrain.compress` needs besides the model and the data."""
+
+    qt: QTConfig = field(default_factory=QTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_TYPES = {cls.__name__: cls for cls in (QTConfig, TrainConfig, CompressConfig)}
+VERSION = 1
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """Serialise a config dataclass as ``{_type, _version, _data}``."""
+    data = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        data[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else (
+            list(value) if isinstance(value, tuple) else value)
+    return {"_type": type(cfg).__name__, "_version": VERSION, "_data": data}
+
+
+def from_dict(obj: dict[str, Any]):
+    """Rebuild a config from :func:`to_dict` output; only qtrain's own config types load."""
+    kind = obj.get("_type")
+    if kind not in _TYPES:
+        raise QTrainError(f"unknown config type {kind!r}: expected one of {', '.join(_TYPES)}")
+    if obj.get("_version", 0) > VERSION:
+        raise QTrainError(f"config version {obj['_version']} is newer than this qtrain: upgrade it")
+    cls = _TYPES[kind]
+    names = {f.name for f in dataclasses.fields(cls)}
+    data = {k: (from_dict(v) if isinstance(v, dict) and "_type" in v else v)
+            for k, v in obj["_data"].items() if k in names}
+    return cls(**data)

@@ -1,0 +1,105 @@
+"""Angles -> probabilities -> mapping MLP -> the flat vector of generated weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .circuits import Circuit
+from .config import QTConfig
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "none": nn.Identity}
+
+
+def basis_bits(n: int) -> torch.Tensor:
+    """The n bits of every basis index as +-1, qubit 0 the most significant: (2^n, n)."""
+    idx = torch.arange(2**n)
+    bits = (idx[:, None] >> torch.arange(n - 1, -1, -1)) & 1
+    return bits.float() * 2 - 1
+
+
+def mapping_mlp(inputs: int, hidden, outputs: int, act: str) -> nn.Sequential:
+    widths = [inputs, *hidden, outputs]
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        if i:
+            layers.append(_ACTIVATIONS[act]())
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+    return nn.Sequential(*layers)
+
+
+class WeightGenerator(nn.Module):
+    """Generates M weights from a circuit's probabilities and a mapping MLP.
+
+    Args:
+        circuit: the ansatz and its size (n qubits).
+        chunk: k, the weights the mapping emits per basis state.
+        cfg: mapping, post-processing, scaling and backend settings.
+        numels: the sizes of the generated tensors, in order (they sum to M).
+        init_std, init_mean: per tensor, the statistics of its initial values; with
+            ``scaling="tensor"`` each generated tensor starts with exactly this std and mean.
+    """
+
+    def __init__(self, circuit: Circuit, chunk: int, cfg: QTConfig, numels: list[int],
+                 init_std: torch.Tensor, init_mean: torch.Tensor):
+        super().__init__()
+        self.circuit, self.chunk, self.cfg = circuit, chunk, cfg
+        self.size = sum(numels)
+        self.angles = nn.Parameter(circuit.init_angles())
+        self.mapping = mapping_mlp(circuit.qubits + 1, cfg.mapping_hidden, chunk, cfg.mapping_act)
+        self.register_buffer("bits", basis_bits(circuit.qubits), persistent=False)
+        if cfg.scaling == "tensor":
+            # gain and shift are in units of a per-tensor reference scale (the init std), so
+            # Adam moves every tensor's scale by the same relative step, whatever its size
+            ref = torch.where(init_std > 0, init_std, init_mean.abs())
+            ref = torch.where(ref > 0, ref, torch.ones_like(ref)).float()
+            self.register_buffer("ref", ref)
+            self.gain = nn.Parameter(init_std.float() / ref)
+            self.shift = nn.Parameter(init_mean.float() / ref)
+            numel = torch.tensor(numels)
+            seg = torch.repeat_interleave(torch.arange(len(numels)), numel)
+            self.register_buffer("segment", seg, persistent=False)
+            self.register_buffer("counts", numel.float(), persistent=False)
+        self._simulator = None
+
+    @property
+    def simulator(self):
+        if self._simulator is None:
+            if self.cfg.backend == "pennylane":
+                from .pennylane_backend import PennyLaneSimulator
+
+                self._simulator = PennyLaneSimulator(self.circuit, self.cfg.pl_device)
+            else:
+                from .simulate import NativeSimulator
+
+                self._simulator = NativeSimulator(self.circuit)
+        return self._simulator
+
+    def probabilities(self) -> torch.Tensor:
+        """p_i = |<i|psi>|^2 for every basis state i: (2^n,)."""
+        return self.simulator.probs(self.angles)
+
+    def features(self, p: torch.Tensor) -> torch.Tensor:
+        """The toolkit's post-processing: (beta tanh(gamma 2^(n-1) p))^alpha, minus its mean."""
+        c = self.cfg
+        x = c.beta * torch.tanh(c.gamma * 2 ** (self.circuit.qubits - 1) * p)
+        x = x.clamp_min(1e-12) ** c.alpha  # a zero probability would make the gradient NaN
+        return x - x.mean()
+
+    def forward(self) -> torch.Tensor:
+        """The flat vector of M generated weights."""
+        x = self.features(self.probabilities())
+        inputs = torch.cat([self.bits, x[:, None].to(self.bits.dtype)], dim=1)
+        flat = self.mapping(inputs).reshape(-1)[: self.size]
+        if self.cfg.scaling == "none":
+            return flat - flat.mean()
+        return self._standardise(flat)
+
+    def _standardise(self, flat: torch.Tensor) -> torch.Tensor:
+        # per tensor: (w - mean) / std * gain + shift, vectorised over tensors by segment id
+        seg, counts = self.segment, self.counts
+        mean = torch.zeros_like(counts).index_add(0, seg, flat) / counts
+        centred = flat - mean[seg]
+        var = torch.zeros_like(counts).index_add(0, seg, centred * centred) / counts
+        scale = self.ref * self.gain / torch.sqrt(var + 1e-12)
+        return centred * scale[seg] + (self.ref * self.shift)[seg]
