@@ -66,7 +66,7 @@ def read_record(folder: Path) -> dict:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise QTrainError(f"{path} is corrupt ({exc}): re-run qtrain compress") from exc
-    if record.get("format") != FORMAT:
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise QTrainError(f"{path} is not a qtrain record")
     if record.get("format_version", 0) > FORMAT_VERSION:
         raise QTrainError(f"{path} has format version {record['format_version']}, newer than "

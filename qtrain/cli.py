@@ -142,6 +142,9 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                           clip=clip, seed=seed, device=device, schedule=schedule, patience=patience,
                           quiet=quiet))
+    import torch
+
+    torch.manual_seed(seed)  # a fresh architecture's initial weights follow --seed too
     target = load_target(model, arch, kwargs, trust_pickle)
     say = (lambda s: click.echo(s, err=True)) if as_json else click.echo
 
@@ -227,7 +230,8 @@ def main(argv=None) -> int:
     except Exception as exc:  # the last resort: still one line, the traceback on request
         if os.environ.get("QTRAIN_DEBUG"):
             raise
-        click.echo(f"qtrain: internal error: {type(exc).__name__}: {exc} "
+        first = (str(exc).strip().splitlines() or [""])[0]
+        click.echo(f"qtrain: internal error: {type(exc).__name__}: {first} "
                    "(set QTRAIN_DEBUG=1 for the traceback, and please report it)", err=True)
         return 1
     return 0

@@ -11,7 +11,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import from_dict
 from .errors import QTrainError
-from .models import BUILTINS, build_arch, load_into
+from .layout import select
+from .models import BUILTINS, build_arch, load_into, normalize_spec
 
 
 def build_model(record: dict, model: nn.Module | None = None, arch: str | None = None,
@@ -27,7 +28,8 @@ def build_model(record: dict, model: nn.Module | None = None, arch: str | None =
     if spec is None:
         raise QTrainError("this checkpoint came from a pickled or in-memory module: pass the "
                           "network instance (qtrain.load(path, model=net))")
-    if arch is not None and arch != spec:
+    arch = normalize_spec(arch) if arch is not None else None
+    if arch is not None and arch != normalize_spec(spec):
         raise QTrainError(f"the checkpoint was trained on --arch {spec!r}, not {arch!r}")
     if spec not in BUILTINS and arch is None and not trust_arch:
         raise QTrainError(f"rebuilding architecture {spec!r} imports its code: pass it again "
@@ -65,6 +67,9 @@ def regenerate(path: str | Path, model: nn.Module | None = None, *, arch: str | 
     cfg = from_dict(record["config"]).qt
     cfg.qubits, cfg.chunk = record["sizing"]["qubits"], record["sizing"]["chunk"]
     cfg.backend = "native"  # the same probabilities; no quantum stack needed
+    if select(net, cfg.include, cfg.exclude).manifest() != record["manifest"]:
+        raise QTrainError(f"{path}/{ckpt.COMPRESSED} does not match this architecture: it "
+                          "generates other tensors (names or shapes differ)")
     qt = QuantumTrain(net, cfg)
     state = ckpt.read_tensors(Path(path) / ckpt.COMPRESSED)
     try:

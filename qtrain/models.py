@@ -108,6 +108,14 @@ def build_arch(spec: str, kwargs: dict | None = None) -> nn.Module:
     return model
 
 
+def normalize_spec(spec: str) -> str:
+    """A ``file.py:Name`` spec with its file made absolute, so it rebuilds from any folder."""
+    where, sep, attr = spec.rpartition(":")
+    if sep and where.endswith(".py"):
+        return f"{Path(where).resolve()}:{attr}"
+    return spec
+
+
 def _arch_name(spec: str) -> str:
     return spec.rpartition(":")[2] or spec
 
@@ -124,11 +132,13 @@ def _read_state_dict(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc):  # a pickled object, not random bytes
             raise _PickledModule() from exc
-        raise QTrainError(f"{path} is corrupt or not a PyTorch file ({exc})") from exc
+        raise QTrainError(f"{path} is corrupt or not a PyTorch file: save the weights with "
+                          "torch.save(model.state_dict(), path)") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise QTrainError(f"{path} is corrupt or truncated: {str(exc).splitlines()[0]}") from exc
+        raise QTrainError(f"{path} is corrupt or truncated (torch could not read it): save it "
+                          "again with torch.save(model.state_dict(), path)") from exc
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -157,6 +167,7 @@ def load_target(model: str | None, arch: str | None = None, arch_kwargs: dict | 
     MODEL may be a state_dict file (``.pt``/``.pth``/``.safetensors``, with ``arch``), a pickled
     whole module (only with ``trust_pickle``), a built-in name, or ``None`` with ``arch``.
     """
+    arch = normalize_spec(arch) if arch else arch
     if model is None or (model in BUILTINS and not Path(model).exists()):
         spec = arch or model or "digits_cnn"
         return Target(build_arch(spec, arch_kwargs), {"spec": spec, "kwargs": arch_kwargs or {}},

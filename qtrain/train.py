@@ -148,9 +148,19 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
     state_path = out / ckpt.STATE if out is not None else None
     if resume and state_path is not None and state_path.is_file():
         st = _load_state(state_path)
-        _restore(qt, st["current"])
+        try:
+            _restore(qt, st["current"])
+        except RuntimeError as exc:  # the run was made with other sizing or circuit options
+            raise QTrainError(f"{state_path} was written with other settings ("
+                              f"{str(exc).splitlines()[-1].strip()}): resume with the same "
+                              "options, or start again with --force") from exc
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
+        if cfg.schedule == "cosine" and sched.T_max != cfg.epochs:
+            # resumed with other --epochs: continue on the cosine over the new length
+            sched.T_max = cfg.epochs
+            for group, lr in zip(opt.param_groups, sched._get_closed_form_lr(), strict=True):
+                group["lr"] = lr
         gen.set_state(st["data_rng"])
         torch.set_rng_state(st["torch_rng"])
         history, best, best_snap, start = st["history"], st["best"], st["best_snap"], st["epoch"]
@@ -161,6 +171,7 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
         for epoch in range(start, cfg.epochs):
             qt.train()
             t0, total, count = time.perf_counter(), 0.0, 0
+            lr = opt.param_groups[0]["lr"]
             for x, y in batches(train_ds, cfg.batch_size, gen, device):
                 loss = loss_of(qt(x), y, task)
                 if not torch.isfinite(loss):
@@ -180,7 +191,7 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
             test_loss, acc = evaluate(qt, test_ds, task, device)
             sched.step(train_loss) if cfg.schedule == "plateau" else sched.step()
             row = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss,
-                   "test_accuracy": acc, "lr": opt.param_groups[0]["lr"],
+                   "test_accuracy": acc, "lr": lr,
                    "seconds": time.perf_counter() - t0}
             history.append(row)
             score = acc if acc is not None else -test_loss

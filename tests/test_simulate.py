@@ -1,0 +1,175 @@
+"""The native statevector simulator, checked against PennyLane and against first principles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pennylane as qml
+import pytest
+import torch
+
+from qtrain import QTConfig, QTrainError, QuantumTrain
+from qtrain.circuits import Circuit, ring_pairs
+from qtrain.pennylane_backend import PennyLaneSimulator
+from qtrain.simulate import NativeSimulator, qubit_groups, ring_permutation
+
+ANSATZE = ("ry", "u3")
+
+
+def _angles(circuit: Circuit, *batch: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(*batch, circuit.num_angles, generator=g, dtype=torch.float64)
+    return ((2 * u - 1) * math.pi).to(dtype)
+
+
+def _probs_and_grad(sim, angles: torch.Tensor, weights: torch.Tensor):
+    a = angles.clone().requires_grad_(True)
+    p = sim.probs(a)
+    (grad,) = torch.autograd.grad((p * weights).sum(), a)
+    return p.detach(), grad
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+@pytest.mark.parametrize("n", [2, 3, 5, 7])
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_native_matches_pennylane_probs_and_grads(ansatz, n, blocks):
+    """Native probabilities and their angle gradients equal PennyLane's default.qubit in float64."""
+    c = Circuit(n, blocks, ansatz)
+    angles = _angles(c, seed=n * 10 + blocks)
+    w = torch.randn(2**n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    p_nat, g_nat = _probs_and_grad(NativeSimulator(c), angles, w)
+    pl = PennyLaneSimulator(c, "default.qubit", diff_method="backprop")
+    p_pl, g_pl = _probs_and_grad(pl, angles, w)
+    assert p_nat.dtype == torch.float64 and p_nat.shape == (2**n,)
+    torch.testing.assert_close(p_nat, p_pl, rtol=0, atol=1e-10)
+    torch.testing.assert_close(g_nat, g_pl, rtol=0, atol=1e-10)
+    assert g_nat.abs().max() > 1e-3  # the comparison is not between two zero gradients
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+def test_native_batched_matches_pennylane_and_rows(ansatz):
+    """Batched angles (B, P) give (B, 2^n) probabilities equal to PennyLane's and to row-by-row runs."""
+    c = Circuit(4, 2, ansatz)
+    angles = _angles(c, 5, seed=1)
+    w = torch.randn(5, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    sim = NativeSimulator(c)
+    p_nat, g_nat = _probs_and_grad(sim, angles, w)
+    p_pl, g_pl = _probs_and_grad(PennyLaneSimulator(c, "default.qubit", diff_method="backprop"), angles, w)
+    assert p_nat.shape == (5, 16)
+    torch.testing.assert_close(p_nat, p_pl, rtol=0, atol=1e-10)
+    torch.testing.assert_close(g_nat, g_pl, rtol=0, atol=1e-10)
+    rows = torch.stack([sim.probs(a) for a in angles])
+    torch.testing.assert_close(p_nat, rows, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+def test_float32_agrees_with_float64(ansatz):
+    """The float32 simulation agrees with the float64 one to about 1e-5."""
+    c = Circuit(7, 3, ansatz)
+    a64 = _angles(c, seed=3)
+    sim = NativeSimulator(c)
+    p64 = sim.probs(a64)
+    p32 = sim.probs(a64.float())
+    assert p32.dtype == torch.float32
+    torch.testing.assert_close(p32.double(), p64, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+@pytest.mark.parametrize("n", [2, 6, 10])
+def test_probabilities_sum_to_one(ansatz, n):
+    """Probabilities are non-negative and sum to 1 for every angle set in a batch."""
+    c = Circuit(n, 2, ansatz)
+    p = NativeSimulator(c).probs(_angles(c, 3, seed=n))
+    assert (p >= 0).all()
+    torch.testing.assert_close(p.sum(-1), torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_zero_angles_keep_the_zero_state():
+    """With all angles zero the circuit is the identity on |0...0> (the CNOT ring does nothing)."""
+    for ansatz in ANSATZE:
+        c = Circuit(5, 3, ansatz)
+        p = NativeSimulator(c).probs(torch.zeros(c.num_angles, dtype=torch.float64))
+        expected = torch.zeros(32, dtype=torch.float64)
+        expected[0] = 1
+        torch.testing.assert_close(p, expected, rtol=0, atol=1e-14)
+
+
+def _ring_by_axes(state: np.ndarray, n: int) -> np.ndarray:
+    """Apply the CNOT ring one gate at a time by flipping the target axis where control is 1."""
+    psi = state.reshape([2] * n).copy()
+    for c, t in ring_pairs(n):
+        index = [slice(None)] * n
+        index[c] = 1
+        sub = psi[tuple(index)]
+        axis = t if t < c else t - 1  # the control axis was removed by the integer index
+        psi[tuple(index)] = np.flip(sub, axis=axis)
+    return psi.reshape(-1)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 6])
+def test_ring_permutation_equals_pennylane_cnot_ring(n):
+    """``state[perm]`` equals PennyLane's matrix of the CNOT ring applied to the state."""
+    ops = [qml.CNOT(wires=[c, t]) for c, t in ring_pairs(n)]
+    u = np.real(qml.matrix(qml.prod(*reversed(ops)), wire_order=range(n)))
+    perm = ring_permutation(n).numpy()
+    state = np.random.default_rng(n).normal(size=2**n)
+    np.testing.assert_allclose(state[perm], u @ state, atol=1e-12)
+    np.testing.assert_array_equal(np.eye(2**n)[perm], u)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_ring_permutation_equals_gate_by_gate(n):
+    """``state[perm]`` equals applying the ring's CNOTs one at a time on the (2,)*n tensor."""
+    state = np.random.default_rng(100 + n).normal(size=2**n)
+    perm = ring_permutation(n).numpy()
+    assert sorted(perm.tolist()) == list(range(2**n))
+    np.testing.assert_array_equal(state[perm], _ring_by_axes(state, n))
+
+
+@pytest.mark.parametrize("n", list(range(1, 21)))
+def test_qubit_groups_cover_every_qubit_once(n):
+    """Groups are contiguous, cover qubits 0..n-1 exactly once, and hold at most 4 qubits."""
+    groups = qubit_groups(n)
+    covered = [q for start, length in groups for q in range(start, start + length)]
+    assert covered == list(range(n))
+    assert all(1 <= length <= 4 for _, length in groups)
+    assert len(groups) == math.ceil(n / 4)
+
+
+def test_num_angles():
+    """Angle counts follow DESIGN.md: ry n per block, u3 6n per block."""
+    assert Circuit(13, 8, "ry").num_angles == 104
+    assert Circuit(13, 1, "u3").num_angles == 78
+    assert Circuit(13, 1, "u3").angles_per_block == 78
+    assert Circuit(13, 16, "u3").num_angles == 1248
+    assert Circuit(13, 8).dim == 8192
+
+
+def test_circuit_rejects_bad_settings():
+    """Unknown ansatz, fewer than 2 qubits and zero blocks raise QTrainError."""
+    with pytest.raises(QTrainError, match="unknown ansatz 'rx'"):
+        Circuit(4, 1, "rx")
+    with pytest.raises(QTrainError, match="--qubits 1 is too few"):
+        Circuit(1, 1)
+    with pytest.raises(QTrainError, match="--blocks 0"):
+        Circuit(4, 0)
+
+
+def test_init_angles_in_range():
+    """Initial angles lie in [-pi, pi) and have the circuit's angle count."""
+    c = Circuit(5, 4, "u3")
+    a = c.init_angles(torch.Generator().manual_seed(0))
+    assert a.shape == (c.num_angles,)
+    assert a.min() >= -math.pi and a.max() < math.pi
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+def test_pennylane_backend_generates_same_weights(ansatz):
+    """QuantumTrain with backend="pennylane" generates the same weights as the native backend."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    native = QuantumTrain(model, QTConfig(blocks=2, ansatz=ansatz))
+    pl = QuantumTrain(model, QTConfig(blocks=2, ansatz=ansatz, backend="pennylane"))
+    pl.generator.load_state_dict(native.generator.state_dict())
+    torch.testing.assert_close(pl.generator(), native.generator(), rtol=0, atol=1e-5)
