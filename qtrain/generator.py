@@ -96,10 +96,12 @@ class WeightGenerator(nn.Module):
         return self._standardise(flat)
 
     def _standardise(self, flat: torch.Tensor) -> torch.Tensor:
-        # per tensor: (w - mean) / std * gain + shift, vectorised over tensors by segment id
+        # per tensor: (w - mean) / std * gain + shift, vectorised over tensors by segment id;
+        # index_select (backward: index_add) rather than t[seg] (backward: a sorting index_put)
         seg, counts = self.segment, self.counts
         mean = torch.zeros_like(counts).index_add(0, seg, flat) / counts
-        centred = flat - mean[seg]
+        centred = flat - mean.index_select(0, seg)
         var = torch.zeros_like(counts).index_add(0, seg, centred * centred) / counts
         scale = self.ref * self.gain / torch.sqrt(var + 1e-12)
-        return centred * scale[seg] + (self.ref * self.shift)[seg]
+        return torch.addcmul((self.ref * self.shift).index_select(0, seg), centred,
+                             scale.index_select(0, seg))

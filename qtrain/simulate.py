@@ -1,8 +1,13 @@
 """Native statevector simulation in torch, batched over angle sets, on any torch device.
 
-``ry`` runs in real arithmetic. Each rotation layer is applied as Kronecker factors over small
-groups of adjacent qubits (a few batched matmuls instead of one kernel per qubit), and the whole
-CNOT ring is one precomputed index permutation.
+What makes it fast (measured in benchmarks/bench_circuit.py):
+- ``ry`` runs in real arithmetic;
+- a rotation layer is applied as Kronecker factors over groups of adjacent qubits, a few batched
+  matmuls instead of one kernel per qubit; the factors of every block are built at once;
+- the first layer acts on |0...0>, so it is just the outer product of the factors' first columns;
+- the whole CNOT ring is one precomputed index permutation;
+- for ``u3``, the CU3 gates inside a group are multiplied into one factor with the group's U3
+  layer where the order allows, so a block costs a few matmuls, not one op per gate.
 """
 
 from __future__ import annotations
@@ -12,11 +17,18 @@ import torch
 
 from .circuits import Circuit, ring_pairs
 
-GROUP = 4  # qubits per Kronecker factor: 16x16 matmuls balance kernel count against flops
+
+def group_size(n: int) -> int:
+    """Qubits per Kronecker factor: large factors while the state is small (few kernels), small
+    ones once the state is large (matmul flops grow with the factor's size)."""
+    if n <= 8:
+        return 4
+    return 7 if n <= 14 else 5
 
 
-def qubit_groups(n: int, size: int = GROUP) -> list[tuple[int, int]]:
-    """Split qubits 0..n-1 into contiguous (start, length) groups of at most ``size``."""
+def qubit_groups(n: int, size: int | None = None) -> list[tuple[int, int]]:
+    """Split qubits 0..n-1 into balanced contiguous (start, length) groups of at most ``size``."""
+    size = size or group_size(n)
     count = -(-n // size)
     base, extra = divmod(n, count)
     groups, start = [], 0
@@ -40,61 +52,169 @@ def ring_permutation(n: int) -> torch.Tensor:
     return torch.from_numpy(perm)
 
 
-def _kron_groups(mats: torch.Tensor, groups) -> list[torch.Tensor]:
-    """Per group, the batched Kronecker product of its single-qubit matrices (B, 2^g, 2^g)."""
-    out = []
-    batch = mats.shape[0]
-    for start, length in groups:
-        k = mats[:, start]
-        for q in range(start + 1, start + length):
-            size = k.shape[-1] * 2
-            k = (k[:, :, None, :, None] * mats[:, q, None, :, None, :]).reshape(batch, size, size)
-        out.append(k)
-    return out
-
-
-def _apply_layer(state: torch.Tensor, mats: torch.Tensor, n: int, groups) -> torch.Tensor:
-    """Apply one single-qubit matrix per qubit (mats: (B, n, 2, 2)) to ``state`` (B, 2^n)."""
-    batch = state.shape[0]
-    for (start, length), k in zip(groups, _kron_groups(mats, groups), strict=True):
-        view = state.reshape(batch, 2**start, 2**length, 2 ** (n - start - length))
-        state = torch.matmul(k[:, None], view).reshape(batch, -1)
-    return state
-
-
 def ry_matrices(theta: torch.Tensor) -> torch.Tensor:
-    """RY(theta) for theta of shape (B, n): (B, n, 2, 2), real."""
+    """RY(theta) for theta of any shape S: (*S, 2, 2), real."""
     c, s = torch.cos(theta / 2), torch.sin(theta / 2)
-    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+    return torch.stack([c, -s, s, c], -1).unflatten(-1, (2, 2))
 
 
 def _phase(x: torch.Tensor) -> torch.Tensor:
-    return torch.complex(torch.cos(x), torch.sin(x))
+    return torch.polar(torch.ones_like(x), x)
 
 
 def u3_matrices(angles: torch.Tensor) -> torch.Tensor:
     """U3(theta, phi, lambda) for angles (..., 3): (..., 2, 2), complex (PennyLane's convention)."""
     theta, phi, lam = angles.unbind(-1)
-    c = torch.complex(torch.cos(theta / 2), torch.zeros_like(theta))
-    s = torch.complex(torch.sin(theta / 2), torch.zeros_like(theta))
-    row0 = torch.stack([c, -_phase(lam) * s], -1)
-    row1 = torch.stack([_phase(phi) * s, _phase(phi + lam) * c], -1)
-    return torch.stack([row0, row1], -2)
+    c = torch.cos(theta / 2).to(_complex(angles.dtype))
+    s = torch.sin(theta / 2).to(_complex(angles.dtype))
+    return torch.stack([c, -_phase(lam) * s, _phase(phi) * s, _phase(phi + lam) * c],
+                       -1).unflatten(-1, (2, 2))
 
 
-def _apply_controlled(state: torch.Tensor, u: torch.Tensor, control: int, target: int, n: int):
-    """Apply U (B, 2, 2) to ``target`` where ``control`` is 1."""
-    batch = state.shape[0]
-    lo, hi = min(control, target), max(control, target)
-    view = state.reshape(batch, 2**lo, 2, 2 ** (hi - lo - 1), 2, 2 ** (n - hi - 1))
-    c_axis = 2 if control == lo else 4
-    on = view.select(c_axis, 1)
-    t_axis = 2 if target == lo else 3
-    on = torch.movedim(on, t_axis, -1)
-    on = torch.matmul(on.unsqueeze(-2), u.transpose(-1, -2).reshape(batch, 1, 1, 1, 2, 2))
-    on = torch.movedim(on.squeeze(-2), -1, t_axis)
-    off = view.select(c_axis, 0)
-    return torch.stack([off, on], c_axis).reshape(batch, -1)
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def kron(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched Kronecker product of square matrices over the last two dims."""
+    m, k = a.shape[-1], b.shape[-1]
+    out = a[..., :, None, :, None] * b[..., None, :, None, :]
+    return out.reshape(*out.shape[:-4], m * k, m * k)
+
+
+def _kron_all(mats: torch.Tensor) -> torch.Tensor:
+    """Kronecker product of mats[..., 0, :, :], mats[..., 1, :, :], ... (qubit 0 first)."""
+    out = mats[..., 0, :, :]
+    for q in range(1, mats.shape[-3]):
+        out = kron(out, mats[..., q, :, :])
+    return out
+
+
+def _apply(state: torch.Tensor, mat: torch.Tensor, start: int, length: int, n: int):
+    """Apply a (B, 2^length, 2^length) matrix to qubits start..start+length-1 of (B, 2^n)."""
+    batch, size = state.shape[0], 2**length
+    post = 2 ** (n - start - length)
+    if post == 1:  # the factor is on the last qubits: one plain batched matmul
+        view = state.reshape(batch, -1, size)
+        return torch.matmul(view, mat.transpose(-1, -2)).reshape(batch, -1)
+    view = state.reshape(batch, 2**start, size, post)
+    return torch.matmul(mat[:, None], view).reshape(batch, -1)
+
+
+def _product_state(columns: list[torch.Tensor]) -> torch.Tensor:
+    """The outer product of per-group state vectors (B, 2^g): the layer applied to |0...0>."""
+    state = columns[0]
+    for col in columns[1:]:
+        state = (state[:, :, None] * col[:, None, :]).reshape(state.shape[0], -1)
+    return state
+
+
+def _controlled(u: torch.Tensor) -> torch.Tensor:
+    """The 4x4 matrix of a controlled U (control first): block-diag(I, U) for u (..., 2, 2)."""
+    eye = torch.eye(2, dtype=u.dtype, device=u.device).expand_as(u)
+    zero = torch.zeros_like(u)
+    top = torch.cat([eye, zero], -1)
+    bottom = torch.cat([zero, u], -1)
+    return torch.cat([top, bottom], -2)
+
+
+def _embed_pair(cu: torch.Tensor, i: int, length: int) -> torch.Tensor:
+    """A 4x4 gate on adjacent local qubits (i, i+1) as a (2^length)-dim matrix."""
+    eye_pre = torch.eye(2**i, dtype=cu.dtype, device=cu.device)
+    eye_post = torch.eye(2 ** (length - i - 2), dtype=cu.dtype, device=cu.device)
+    out = cu
+    if i:
+        out = kron(eye_pre.expand(*cu.shape[:-2], -1, -1), out)
+    if length - i - 2:
+        out = kron(out, eye_post.expand(*cu.shape[:-2], -1, -1))
+    return out
+
+
+class _Permute(torch.autograd.Function):
+    """``x[:, perm]`` whose backward is the inverse gather, not autograd's scatter-add."""
+
+    @staticmethod
+    def forward(ctx, x, perm, inverse):
+        ctx.save_for_backward(inverse)
+        return x[:, perm]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad[:, inverse], None, None
+
+
+def _flip_pairs(length: int) -> torch.Tensor:
+    """Flat indices i * 2^g + (i with bit q flipped), for every i with local qubit q set:
+    (length, 2^(g-1)), qubit 0 the most significant."""
+    size = 2**length
+    idx = torch.arange(size)
+    out = []
+    for q in range(length):
+        bit = 1 << (length - 1 - q)
+        r = idx[(idx & bit) != 0]
+        out.append(r * size + (r ^ bit))
+    return torch.stack(out)
+
+
+def _apply_t(state: torch.Tensor, mat: torch.Tensor, start: int, length: int, n: int):
+    return _apply(state, mat.transpose(-1, -2), start, length, n)
+
+
+def _pair_products(lam: torch.Tensor, y: torch.Tensor, start: int, length: int, n: int):
+    """C[b, i, j] = sum over the other qubits of lam[..i..] * y[..j..], for one group."""
+    batch, size = lam.shape[0], 2**length
+    post = 2 ** (n - start - length)
+    lv = lam.reshape(batch, -1, size, post)
+    yv = y.reshape(batch, -1, size, post)
+    return torch.einsum("bpio,bpjo->bij", lv, yv)
+
+
+class _RyCircuit(torch.autograd.Function):
+    """The whole ry circuit as one autograd node, differentiated by the adjoint method.
+
+    The backward pass walks the blocks in reverse, un-computing the state with the transposed
+    (orthogonal) factors instead of storing every intermediate state. For an RY on qubit q,
+    dRY/dtheta = RY A/2 with A = [[0, -1], [1, 0]], so dL/dtheta = <lambda| A_q |y> / 2 where y
+    is the state after the layer and lambda the gradient there; grouped per Kronecker factor
+    this is a gather on the small matrix C = sum lambda y^T.
+    """
+
+    @staticmethod
+    def forward(ctx, theta, sim):
+        n, groups = sim.circuit.qubits, sim.groups
+        perm, inverse = sim._perm_on(theta.device)
+        factors = [f.unbind(1) for f in sim._layer_factors(ry_matrices(theta))]
+        state = _product_state([f[0][:, :, 0] for f in factors]).index_select(1, perm)
+        for b in range(1, theta.shape[1]):
+            for (start, length), f in zip(groups, factors, strict=True):
+                state = _apply(state, f[b], start, length, n)
+            state = state.index_select(1, perm)
+        ctx.sim, ctx.factors = sim, factors
+        ctx.save_for_backward(state)
+        return state
+
+    @staticmethod
+    def backward(ctx, lam):
+        sim, factors = ctx.sim, ctx.factors
+        (y,) = ctx.saved_tensors
+        n, groups = sim.circuit.qubits, sim.groups
+        blocks = len(factors[0])
+        _, inverse = sim._perm_on(lam.device)
+        flips = [sim._flips_on(length, lam.device) for _, length in groups]
+        grads = []
+        for b in reversed(range(blocks)):
+            lam, y = lam.index_select(1, inverse), y.index_select(1, inverse)
+            g_block = []
+            for (start, length), f, flip in zip(groups, factors, flips, strict=True):
+                c = _pair_products(lam, y, start, length, n)
+                d = (c - c.transpose(1, 2)).flatten(1)
+                g_block.append(0.5 * d.index_select(1, flip.flatten()).unflatten(1, flip.shape).sum(-1))
+                if b:
+                    lam = _apply_t(lam, f[b], start, length, n)
+                    y = _apply_t(y, f[b], start, length, n)
+            grads.append(torch.cat(g_block, dim=1))
+        return torch.stack(grads[::-1], dim=1), None
 
 
 class NativeSimulator:
@@ -108,37 +228,85 @@ class NativeSimulator:
         self.circuit = circuit
         self.groups = qubit_groups(circuit.qubits)
         self._perm = ring_permutation(circuit.qubits) if circuit.ansatz == "ry" else None
-        self._perm_cache: dict[torch.device, torch.Tensor] = {}
+        self._perm_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._flip_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
 
-    def _perm_on(self, device: torch.device) -> torch.Tensor:
+    def _flips_on(self, length: int, device: torch.device) -> torch.Tensor:
+        key = (length, device)
+        if key not in self._flip_cache:
+            self._flip_cache[key] = _flip_pairs(length).to(device)
+        return self._flip_cache[key]
+
+    def _perm_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if device not in self._perm_cache:
-            self._perm_cache[device] = self._perm.to(device)
+            perm = self._perm.to(device)
+            self._perm_cache[device] = (perm, torch.argsort(perm))
         return self._perm_cache[device]
 
     def probs(self, angles: torch.Tensor) -> torch.Tensor:
         """Basis-state probabilities for angles (P,) or a batch (B, P): (2^n,) or (B, 2^n)."""
         single = angles.dim() == 1
         a = angles.reshape(1, -1) if single else angles
-        c = self.circuit
-        n, batch = c.qubits, a.shape[0]
-        if c.ansatz == "ry":
-            theta = a.reshape(batch, c.blocks, n)
-            state = torch.zeros(batch, c.dim, dtype=a.dtype, device=a.device)
-            state[:, 0] = 1
-            perm = self._perm_on(a.device)
-            for b in range(c.blocks):
-                state = _apply_layer(state, ry_matrices(theta[:, b]), n, self.groups)
-                state = state[:, perm]
+        if self.circuit.ansatz == "ry":
+            state = self._ry_state(a)
             p = state * state
         else:
-            ang = a.reshape(batch, c.blocks, 2, n, 3)
-            cdtype = torch.complex128 if a.dtype == torch.float64 else torch.complex64
-            state = torch.zeros(batch, c.dim, dtype=cdtype, device=a.device)
-            state[:, 0] = 1
-            for b in range(c.blocks):
-                state = _apply_layer(state, u3_matrices(ang[:, b, 0]), n, self.groups)
-                cu = u3_matrices(ang[:, b, 1])
-                for i, (ctrl, tgt) in enumerate(ring_pairs(n)):
-                    state = _apply_controlled(state, cu[:, i], ctrl, tgt, n)
+            state = self._u3_state(a)
             p = state.real**2 + state.imag**2
         return p[0] if single else p
+
+    def _layer_factors(self, mats: torch.Tensor) -> list[torch.Tensor]:
+        """Per group, its Kronecker factor for every block: (B, L, 2^g, 2^g)."""
+        return [_kron_all(mats[:, :, s: s + ln]) for s, ln in self.groups]
+
+    # Blocks are taken with unbind(1), once, rather than indexed one at a time: indexing would
+    # make the backward pass zero-fill a full-size gradient for every block.
+
+    def _ry_state(self, a: torch.Tensor) -> torch.Tensor:
+        c = self.circuit
+        return _RyCircuit.apply(a.reshape(a.shape[0], c.blocks, c.qubits), self)
+
+    def _u3_state(self, a: torch.Tensor) -> torch.Tensor:
+        c, n, groups = self.circuit, self.circuit.qubits, self.groups
+        ang = a.reshape(a.shape[0], c.blocks, 2, n, 3)
+        factors = self._layer_factors(u3_matrices(ang[:, :, 0]))
+        cu = _controlled(u3_matrices(ang[:, :, 1]))  # (B, L, n, 4, 4), pair i = (i, i+1 mod n)
+        # inside a group the CU3 chain is one matrix; the group's U3 factor folds into it only
+        # for group 0 (for later groups, the CU3 that crosses into them must come in between)
+        chains = []
+        for start, length in groups:
+            chain = None
+            for i in range(length - 1):
+                gate = _embed_pair(cu[:, :, start + i], i, length)
+                chain = gate if chain is None else torch.matmul(gate, chain)
+            chains.append(chain)
+        first = factors[0] if chains[0] is None else torch.matmul(chains[0], factors[0])
+        first = first.unbind(1)
+        rest = [f.unbind(1) for f in factors[1:]]
+        chains = [None if ch is None else ch.unbind(1) for ch in chains]
+        cu = cu.unbind(1)
+        state = None
+        for b in range(c.blocks):
+            if state is None:  # block 0 acts on |0...0>
+                state = _product_state([first[0][:, :, 0]] + [f[0][:, :, 0] for f in rest])
+            else:
+                for (start, length), f in zip(groups[1:], rest, strict=True):
+                    state = _apply(state, f[b], start, length, n)
+                state = _apply(state, first[b], 0, groups[0][1], n)
+            for g, (start, length) in enumerate(groups):
+                if g and chains[g] is not None:
+                    state = _apply(state, chains[g][b], start, length, n)
+                end = start + length - 1
+                if g + 1 < len(groups):  # the CU3 from this group's last qubit into the next
+                    state = _apply(state, cu[b][:, end], end, 2, n)
+            state = self._wrap(state, cu[b][:, n - 1], n)
+        return state
+
+    @staticmethod
+    def _wrap(state: torch.Tensor, cu: torch.Tensor, n: int) -> torch.Tensor:
+        """CU3 with control qubit n-1 and target qubit 0 (the ring's closing gate)."""
+        batch = state.shape[0]
+        view = state.reshape(batch, 2, 2 ** (n - 2), 2)  # (target, middle, control)
+        gate = cu.reshape(batch, 2, 2, 2, 2)  # [c', t', c, t]
+        out = torch.einsum("bpqrs,bsmr->bqmp", gate, view)
+        return out.reshape(batch, -1)

@@ -12,7 +12,7 @@ import torch
 from qtrain import QTConfig, QTrainError, QuantumTrain
 from qtrain.circuits import Circuit, ring_pairs
 from qtrain.pennylane_backend import PennyLaneSimulator
-from qtrain.simulate import NativeSimulator, qubit_groups, ring_permutation
+from qtrain.simulate import NativeSimulator, group_size, qubit_groups, ring_permutation
 
 ANSATZE = ("ry", "u3")
 
@@ -129,12 +129,12 @@ def test_ring_permutation_equals_gate_by_gate(n):
 
 @pytest.mark.parametrize("n", list(range(1, 21)))
 def test_qubit_groups_cover_every_qubit_once(n):
-    """Groups are contiguous, cover qubits 0..n-1 exactly once, and hold at most 4 qubits."""
+    """Groups are contiguous, cover qubits 0..n-1 exactly once, and hold at most group_size(n)."""
     groups = qubit_groups(n)
     covered = [q for start, length in groups for q in range(start, start + length)]
     assert covered == list(range(n))
-    assert all(1 <= length <= 4 for _, length in groups)
-    assert len(groups) == math.ceil(n / 4)
+    assert all(1 <= length <= group_size(n) for _, length in groups)
+    assert len(groups) == math.ceil(n / group_size(n))
 
 
 def test_num_angles():

@@ -1,0 +1,92 @@
+"""A whole training step, Quantum-Train against classical, on the same network and batch.
+
+    python benchmarks/bench_step.py [--json] [--rounds N]
+
+QT step = circuit + post-processing + mapping + functional_call forward/backward + clip + Adam.
+Classical step = the network's forward/backward + clip + Adam. Both on one batch of 128.
+Cases (issue 4): the toolkit MNIST CNN (1x28x28, ry 13 qubits x 8 blocks), target <= 1.15x;
+a 1M-parameter MLP compressed with chunking (<= 20 qubits), target <= 2x and peak RSS <= 2 GB
+(measured in a fresh subprocess so that only that case counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import warnings
+
+import torch
+import torch.nn.functional as F
+from _timing import machine, time_interleaved
+from torch import nn
+
+from qtrain import QTConfig, QuantumTrain
+from qtrain.models import toolkit_cnn
+
+
+def _stepper(module: nn.Module, params, x, y):
+    opt = torch.optim.Adam(params, lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(module(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+    return step
+
+
+def compare(model_fn, cfg: QTConfig, x, y, rounds: int) -> dict:
+    torch.manual_seed(0)
+    classical = model_fn()
+    qt = QuantumTrain(model_fn(), cfg)
+    fns = {"classical": _stepper(classical, list(classical.parameters()), x, y),
+           "quantum_train": _stepper(qt, list(qt.parameters()), x, y)}
+    t = time_interleaved(fns, rounds, per_round=3)
+    c = qt.counts()
+    return {"classical_ms": round(t["classical"] * 1e3, 3),
+            "quantum_train_ms": round(t["quantum_train"] * 1e3, 3),
+            "ratio": round(t["quantum_train"] / t["classical"], 3),
+            "generated": c["generated"], "trainable": c["trainable_params"],
+            "qubits": qt.circuit.qubits, "chunk": qt.chunk}
+
+
+def mlp_1m() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 256),
+                         nn.ReLU(), nn.Linear(256, 10))
+
+
+def case_1m(rounds: int) -> dict:
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    out = compare(mlp_1m, QTConfig(qubits=14, blocks=8), x, y, rounds)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--case", choices=["all", "1m"], default="all", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.case == "1m":
+        print(json.dumps(case_1m(args.rounds)))
+        return
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    cnn = compare(toolkit_cnn, QTConfig(qubits=13, blocks=8), x, y, args.rounds)
+    proc = subprocess.run([sys.executable, __file__, "--case", "1m", "--rounds",
+                           str(max(5, args.rounds // 3))], capture_output=True, text=True, check=True)
+    big = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = {"machine": machine(), "toolkit_cnn_b128_ry13x8": cnn, "mlp_1m_b128_chunked": big,
+              "targets": {"cnn_step_le_1.15x": cnn["ratio"] <= 1.15,
+                          "mlp_1m_step_le_2x": big["ratio"] <= 2.0,
+                          "mlp_1m_peak_rss_le_2gb": big["peak_rss_mb"] <= 2048,
+                          "mlp_1m_qubits_le_20": big["qubits"] <= 20}}
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    main()
