@@ -63,9 +63,12 @@ def scaling(sizes, blocks: int, rounds: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile path")
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     ry = compare("ry", 13, 8, args.rounds, args.compile)
     u3 = compare("u3", 13, 8, max(5, args.rounds // 2), False)

@@ -68,9 +68,12 @@ def case_1m(rounds: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--case", choices=["all", "1m"], default="all", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     if args.case == "1m":
         print(json.dumps(case_1m(args.rounds)))
@@ -78,7 +81,8 @@ def main() -> None:
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
     cnn = compare(toolkit_cnn, QTConfig(qubits=13, blocks=8), x, y, args.rounds)
     proc = subprocess.run([sys.executable, __file__, "--case", "1m", "--rounds",
-                           str(max(5, args.rounds // 3))], capture_output=True, text=True, check=True)
+                           str(max(5, args.rounds // 3)), "--threads", str(torch.get_num_threads())],
+                          capture_output=True, text=True, check=True)
     big = json.loads(proc.stdout.strip().splitlines()[-1])
     result = {"machine": machine(), "toolkit_cnn_b128_ry13x8": cnn, "mlp_1m_b128_chunked": big,
               "targets": {"cnn_step_le_1.15x": cnn["ratio"] <= 1.15,

@@ -19,11 +19,11 @@ from .circuits import Circuit, ring_pairs
 
 
 def group_size(n: int) -> int:
-    """Qubits per Kronecker factor: large factors while the state is small (few kernels), small
-    ones once the state is large (matmul flops grow with the factor's size)."""
+    """Qubits per Kronecker factor (ry), as measured best on 2 CPU cores: bigger factors mean
+    fewer kernels but more flops per amplitude (benchmarks/bench_circuit.py)."""
     if n <= 8:
         return 4
-    return 7 if n <= 14 else 5
+    return 5 if n <= 14 else 6
 
 
 def qubit_groups(n: int, size: int | None = None) -> list[tuple[int, int]]:
@@ -226,7 +226,8 @@ class NativeSimulator:
 
     def __init__(self, circuit: Circuit):
         self.circuit = circuit
-        self.groups = qubit_groups(circuit.qubits)
+        # u3 multiplies its CU3 chains into group-sized complex matrices: keep those small
+        self.groups = qubit_groups(circuit.qubits, 4 if circuit.ansatz == "u3" else None)
         self._perm = ring_permutation(circuit.qubits) if circuit.ansatz == "ry" else None
         self._perm_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._flip_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
