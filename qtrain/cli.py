@@ -43,6 +43,23 @@ def _hidden(ctx, param, value):
         raise click.BadParameter("use a comma list of widths, e.g. 20 or 4,20,4") from None
 
 
+def _pl_options(ctx, param, value):
+    """``key=value`` pairs for ``qml.device``; values are parsed as JSON when they can be."""
+    out = {}
+    for item in value or ():
+        if isinstance(item, dict):
+            out.update(item)
+            continue
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not key=value, e.g. --pl-option batch_obs=true")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 def _load_config(ctx, param, value):
     """Read a TOML config; its keys become defaults that flags on the command line override."""
     if value is None:
@@ -104,6 +121,19 @@ def cli():
               help="Glob on parameter names to keep classical.")
 @click.option("--backend", default="native", show_default=True, help="native or pennylane.")
 @click.option("--pl-device", default="default.qubit", show_default=True)
+@click.option("--pl-option", "pl_options", multiple=True, callback=_pl_options,
+              help="key=value passed to the PennyLane device (repeatable), e.g. a plugin's options.")
+@click.option("--grad", default="backprop", show_default=True,
+              help="Angle gradient: backprop, parameter-shift, spsa or finite-diff.")
+@click.option("--shots", default=None, type=int,
+              help="Measurements per circuit (needs --grad parameter-shift or spsa) [exact].")
+@click.option("--spsa-c", default=0.1, show_default=True, type=float,
+              help="SPSA perturbation c; c_k = c / (k+1)^gamma at step k.")
+@click.option("--spsa-gamma", default=0.101, show_default=True, type=float)
+@click.option("--spsa-samples", default=1, show_default=True, type=int,
+              help="Rademacher perturbations averaged per SPSA gradient.")
+@click.option("--fd-step", default=1e-4, show_default=True, type=float,
+              help="Step of --grad finite-diff (central differences).")
 @click.option("--epochs", default=50, show_default=True, type=int)
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--lr", default=2e-2, show_default=True, type=float)
@@ -122,7 +152,7 @@ def cli():
 def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chunk, ansatz,
              blocks, mapping_hidden, mapping_act, scaling, gamma, beta, alpha, include, exclude,
              backend, pl_device, epochs, batch_size, lr, weight_decay, clip, schedule, patience, seed,
-             device, out, resume, force, quiet, as_json):
+             device, out, resume, force, quiet, as_json, **hardware):
     """Quantum-Train MODEL (a state_dict file with --arch, a pickled module, or a built-in
     architecture name; default: the built-in digits_cnn on scikit-learn's digits)."""
     from .compress import compress as run
@@ -138,7 +168,7 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
         qt=QTConfig(qubits=qubits, chunk=chunk, ansatz=ansatz, blocks=blocks,
                     mapping_hidden=mapping_hidden, mapping_act=mapping_act, scaling=scaling,
                     gamma=gamma, beta=beta, alpha=alpha, include=include, exclude=exclude,
-                    backend=backend, pl_device=pl_device),
+                    backend=backend, pl_device=pl_device, **hardware),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                           clip=clip, seed=seed, device=device, schedule=schedule, patience=patience,
                           quiet=quiet))
@@ -172,7 +202,9 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
             "target_params": counts["target_params"], "trainable_params": counts["trainable_params"],
             "compression_ratio": counts["compression_ratio"], "qubits": c.qubits,
             "blocks": c.blocks, "chunk": result.quantum_train.chunk, "ansatz": c.ansatz,
-            "test_accuracy": acc, "test_loss": m["test_loss"], "out": str(result.out)}))
+            "test_accuracy": acc, "test_loss": m["test_loss"], "out": str(result.out),
+            "grad": cfg.qt.grad, "shots": cfg.qt.shots,
+            "circuit_executions": m.get("circuit_executions")}))
 
 
 @cli.command()
@@ -199,8 +231,20 @@ def info(ckpt, as_json):
     ]
     if m.get("test_accuracy") is not None:
         lines.append(f"test accuracy  {m['test_accuracy']:.2%} (best epoch {m['best_epoch']})")
+    lines.append(_gradient_line(rec))
     lines.append("versions       " + ", ".join(f"{k} {v}" for k, v in rec["versions"].items() if v))
     click.echo("\n".join(lines))
+
+
+def _gradient_line(rec: dict) -> str:
+    """How the circuit's gradient was obtained, with the shots and the circuits run."""
+    qt = rec.get("config", {}).get("_data", {}).get("qt", {}).get("_data", {})
+    grad, shots = qt.get("grad", "backprop"), qt.get("shots")
+    line = f"gradient       {grad}, {f'{shots:,} shots' if shots else 'exact probabilities'}"
+    if qt.get("backend") == "pennylane":
+        line += f", pennylane {qt.get('pl_device')}"
+    runs = rec.get("metrics", {}).get("circuit_executions")
+    return line + (f"; {runs:,} circuit executions" if runs is not None else "")
 
 
 _STATE: dict = {}

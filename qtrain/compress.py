@@ -15,6 +15,7 @@ from . import checkpoint as ckpt
 from .config import CompressConfig, to_dict
 from .data import check_finite, load_data
 from .errors import QTrainError
+from .gradients import circuit_metrics
 from .models import Target
 from .quantum_train import QuantumTrain
 from .train import check_fit, evaluate, fit, resolve_device, task_of
@@ -137,7 +138,8 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
                "seconds": sum(r["seconds"] for r in history)}
     if original:
         metrics["original"] = original
-    model_out = qt.materialize().eval()
+    metrics.update(circuit_metrics(qt))
+    model_out = qt.materialize(weights).eval()  # the very weights evaluated (a sample, under shots)
     if out is not None:
         x0 = train_ds[0][0]
         record = {

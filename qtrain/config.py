@@ -14,6 +14,7 @@ ACTIVATIONS = ("relu", "gelu", "tanh", "none")
 BACKENDS = ("native", "pennylane")
 DEVICES = ("cpu", "cuda", "mps")
 SCHEDULES = ("plateau", "cosine")
+GRADS = ("backprop", "parameter-shift", "spsa", "finite-diff")
 
 
 def _choice(value, options, flag):
@@ -39,6 +40,18 @@ class QTConfig:
         backend: ``native`` (torch statevector) or ``pennylane`` (a QNode on ``pl_device``).
         pl_device: the PennyLane device name for the pennylane backend.
         max_auto_qubits: the widest circuit chosen when both qubits and chunk are automatic.
+        grad: how the angles' gradient is obtained: ``backprop`` (autograd through the
+            simulator), ``parameter-shift`` (exact shift rules), ``spsa`` or ``finite-diff``
+            (central differences, for debugging). See :mod:`qtrain.gradients`.
+        shots: measurements per circuit; ``None`` gives exact probabilities. Needs ``grad``
+            ``parameter-shift`` or ``spsa``.
+        spsa_c, spsa_gamma: SPSA perturbation size c_k = spsa_c / (k + 1) ** spsa_gamma at
+            optimizer step k (Spall's gain sequence).
+        spsa_samples: Rademacher perturbations averaged per SPSA estimate.
+        fd_step: the step h of ``finite-diff``.
+        pl_options: keyword options passed through to ``qml.device`` (pennylane backend).
+        sample_seed: seeds shot sampling and SPSA perturbations; ``None`` uses
+            ``torch.initial_seed()``, which ``--seed`` sets.
     """
 
     qubits: int | None = None
@@ -56,6 +69,14 @@ class QTConfig:
     backend: str = "native"
     pl_device: str = "default.qubit"
     max_auto_qubits: int = 20
+    grad: str = "backprop"
+    shots: int | None = None
+    spsa_c: float = 0.1
+    spsa_gamma: float = 0.101
+    spsa_samples: int = 1
+    fd_step: float = 1e-4
+    pl_options: dict = field(default_factory=dict)
+    sample_seed: int | None = None
 
     def __post_init__(self):
         self.mapping_hidden = tuple(int(h) for h in self.mapping_hidden)
@@ -70,6 +91,23 @@ class QTConfig:
             raise QTrainError(f"--blocks {self.blocks} must be at least 1")
         if self.chunk is not None and self.chunk < 1:
             raise QTrainError(f"--chunk {self.chunk} must be at least 1")
+        self._check_gradient()
+
+    def _check_gradient(self):
+        _choice(self.grad, GRADS, "--grad")
+        if self.shots is not None:
+            if self.shots < 1:
+                raise QTrainError(f"--shots {self.shots} must be at least 1 (leave it out for exact "
+                                  "probabilities)")
+            if self.grad not in ("parameter-shift", "spsa"):
+                why = ("backprop cannot differentiate a sample" if self.grad == "backprop" else
+                       "a difference of sampled probabilities over a small step is mostly shot noise")
+                raise QTrainError(f"--shots cannot be used with --grad {self.grad} ({why}): use "
+                                  "--grad parameter-shift or --grad spsa")
+        if self.spsa_samples < 1:
+            raise QTrainError(f"--spsa-samples {self.spsa_samples} must be at least 1")
+        if self.spsa_c <= 0 or self.fd_step <= 0 or self.spsa_gamma < 0:
+            raise QTrainError("--spsa-c and --fd-step must be positive and --spsa-gamma non-negative")
 
 
 @dataclass

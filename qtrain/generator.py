@@ -61,6 +61,7 @@ class WeightGenerator(nn.Module):
             self.register_buffer("segment", seg, persistent=False)
             self.register_buffer("counts", numel.float(), persistent=False)
         self._simulator = None
+        self._estimator = None
 
     @property
     def simulator(self):
@@ -75,9 +76,24 @@ class WeightGenerator(nn.Module):
                 self._simulator = NativeSimulator(self.circuit)
         return self._simulator
 
+    @property
+    def estimator(self):
+        """Runs the circuit by ``cfg.grad`` and ``cfg.shots``, and counts what it runs."""
+        if self._estimator is None:
+            from .gradients import make_estimator
+
+            self._estimator = make_estimator(self.circuit, self.cfg, lambda: self.simulator)
+        return self._estimator
+
+    @property
+    def circuit_executions(self) -> int:
+        """Circuits run so far by this generator (forward passes and gradient estimates)."""
+        return self._estimator.executions if self._estimator is not None else 0
+
     def probabilities(self) -> torch.Tensor:
-        """p_i = |<i|psi>|^2 for every basis state i: (2^n,)."""
-        return self.simulator.probs(self.angles)
+        """p_i = |<i|psi>|^2 for every basis state i: (2^n,), estimated from ``cfg.shots``
+        measurements when set; the angles' gradient follows ``cfg.grad``."""
+        return self.estimator(self.angles)
 
     def features(self, p: torch.Tensor) -> torch.Tensor:
         """The toolkit's post-processing: (beta tanh(gamma 2^(n-1) p))^alpha, minus its mean."""

@@ -76,10 +76,11 @@ class QuantumTrain(nn.Module):
         return self
 
     @torch.no_grad()
-    def materialize(self) -> nn.Module:
-        """Copy the generated weights into the target and return it: a plain classical model."""
+    def materialize(self, weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """Copy the generated weights (``weights``, or generated now) into the target and return
+        it: a plain classical model."""
         named = dict(self.target.named_parameters())
-        for name, w in self.generate().items():
+        for name, w in (weights if weights is not None else self.generate()).items():
             named[name].copy_(w)
         return self.target
 
