@@ -57,6 +57,13 @@ def pareto(rows: list[dict], path: Path, title: str = "") -> bool:
     original = next((r["original"] for r in rows if r.get("original")), None)
     if original and original.get(key) is not None:
         ax.axhline(original[key] * scale, color="gray", ls=":", label="MODEL's own weights")
+    levels = [r[key] * scale for r in rows if r.get(key) is not None]
+    if original and original.get(key) is not None:
+        levels.append(original[key] * scale)
+    if levels:  # axhline does not widen the y range: keep the reference lines in view
+        lo, hi = min(levels), max(levels)
+        pad = max(hi - lo, 1e-6 if not acc else 1.0) * 0.08
+        ax.set_ylim(lo - pad, hi + pad)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(label)
