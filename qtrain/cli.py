@@ -218,33 +218,111 @@ def info(ckpt, as_json):
     if as_json:
         click.echo(json.dumps(rec, indent=2))
         return
-    s, c, m = rec["sizing"], rec["counts"], rec.get("metrics", {})
-    arch = rec["arch"].get("spec") or rec["arch"].get("pickle") or rec["arch"].get("module")
-    lines = [
-        f"architecture   {arch} {json.dumps(rec['arch'].get('kwargs') or {})}",
-        f"generated M    {s['generated']:,} in {len(rec['manifest'])} tensors",
-        f"circuit        {s['ansatz']}, {s['qubits']} qubits x {s['blocks']} blocks, "
-        f"chunk {s['chunk']}",
-        f"trainable      {c['trainable_params']:,} (angles {c['angles']}, mapping "
-        f"{c['mapping']}, scaling {c['scaling']}, classical {c['classical']})",
-        f"ratio          {c['compression_ratio']:.2f}x",
-    ]
-    if m.get("test_accuracy") is not None:
-        lines.append(f"test accuracy  {m['test_accuracy']:.2%} (best epoch {m['best_epoch']})")
-    lines.append(_gradient_line(rec))
-    lines.append("versions       " + ", ".join(f"{k} {v}" for k, v in rec["versions"].items() if v))
-    click.echo("\n".join(lines))
+    from .report import info_lines
+
+    click.echo("\n".join(info_lines(rec, ckpt)))
 
 
-def _gradient_line(rec: dict) -> str:
-    """How the circuit's gradient was obtained, with the shots and the circuits run."""
-    qt = rec.get("config", {}).get("_data", {}).get("qt", {}).get("_data", {})
-    grad, shots = qt.get("grad", "backprop"), qt.get("shots")
-    line = f"gradient       {grad}, {f'{shots:,} shots' if shots else 'exact probabilities'}"
-    if qt.get("backend") == "pennylane":
-        line += f", pennylane {qt.get('pl_device')}"
-    runs = rec.get("metrics", {}).get("circuit_executions")
-    return line + (f"; {runs:,} circuit executions" if runs is not None else "")
+def _ints(flag):
+    """A comma list of integers ('1,2,4'; a TOML list or a single integer also works)."""
+    def convert(ctx, param, value):
+        try:
+            return tuple(int(v) for v in _items(value))
+        except ValueError:
+            raise click.BadParameter(f"{flag} takes a comma list of integers, e.g. 1,2,4") from None
+    return convert
+
+
+def _items(value) -> list[str]:
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value]
+    return [v.strip() for v in str(value).strip("[]").replace("'", "").split(",") if v.strip()]
+
+
+def _qubit_list(ctx, param, value):
+    try:
+        return tuple(None if v.lower() == "auto" else int(v) for v in _items(value))
+    except ValueError:
+        raise click.BadParameter("--qubits takes a comma list of integers or 'auto'") from None
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path())
+@click.option("--data", default=None, help="Evaluate on this --data instead [the recorded one].")
+@click.option("--data-dir", default=None, help="Root folder for torchvision data sets.")
+@click.option("--baseline-epochs", default=0, show_default=True, type=int,
+              help="Also train the architecture classically for E epochs on the same split and seed.")
+@click.option("--baseline-lr", default=1e-3, show_default=True, type=float,
+              help="Adam learning rate of the classical baseline.")
+@click.option("--arch", default=None, help="The --arch again, to rebuild a non-built-in architecture.")
+@click.option("--trust-arch", is_flag=True, help="Import the recorded architecture's code.")
+@click.option("--trust-pickle", is_flag=True, help="Unpickle the recorded whole-module MODEL again.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def evaluate(ckpt, data, data_dir, baseline_epochs, baseline_lr, arch, trust_arch, trust_pickle,
+             device, as_json):
+    """What compression cost checkpoint CKPT: parameters, bytes and accuracy on its split."""
+    from .evaluate import evaluate_checkpoint, format_report
+    from .train import resolve_device
+
+    resolve_device(device)
+    if baseline_epochs and not as_json:
+        click.echo(f"training the classical baseline for {baseline_epochs} epochs ...", err=True)
+    report = evaluate_checkpoint(ckpt, data, data_dir, baseline_epochs, baseline_lr, arch=arch,
+                                 trust_arch=trust_arch, trust_pickle=trust_pickle, device=device)
+    click.echo(json.dumps(report) if as_json else format_report(report))
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--ansatz", default="ry", show_default=True, help="Comma list of ansatze: ry, u3.")
+@click.option("--blocks", default="1,2,4,8,16", show_default=True, callback=_ints("--blocks"),
+              help="Comma list of circuit depths L.")
+@click.option("--qubits", default="auto", show_default=True, callback=_qubit_list,
+              help="Comma list of qubit counts (or auto).")
+@click.option("--baseline-epochs", default=None, type=int,
+              help="Epochs of the classical baseline [--epochs]; 0 = none.")
+@click.option("--baseline-lr", default=1e-3, show_default=True, type=float,
+              help="Adam learning rate of the classical baseline.")
+@click.option("--out", default=None, help="Sweep folder [sweeps/<model>].")
+@click.option("--force", is_flag=True, help="Redo combinations already finished.")
+def sweep(model, ansatz, blocks, qubits, baseline_epochs, baseline_lr, out, force, **opts):
+    """Compress MODEL once per (ansatz, qubits, blocks); takes every option of compress.
+    Writes sweep.csv, sweep.md and pareto.png; a rerun skips finished combinations."""
+    from .sweep import run_sweep
+
+    run_sweep(model, _items(ansatz), blocks, qubits, opts, out, force, baseline_epochs,
+              baseline_lr, click.echo)
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path())
+@click.argument("input_file", metavar="INPUT", type=click.Path())
+@click.option("--top", default=3, show_default=True, type=int, help="Classes shown per example.")
+@click.option("--invert", is_flag=True, help="Images: invert (dark strokes on light paper).")
+@click.option("--arch", default=None, help="The --arch again, to rebuild a non-built-in architecture.")
+@click.option("--trust-arch", is_flag=True, help="Import the recorded architecture's code.")
+@click.option("--trust-pickle", is_flag=True, help="Unpickle the recorded whole-module MODEL again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+def predict(ckpt, input_file, top, invert, arch, trust_arch, trust_pickle, as_json):
+    """Predict with checkpoint CKPT on INPUT (.npy, .npz, .pt, or an image), plain PyTorch only."""
+    from .checkpoint import read_record
+    from .loading import load
+    from .predict import format_predictions, instance, read_inputs
+    from .predict import predict as run
+
+    rec = read_record(Path(ckpt))
+    model = load(ckpt, model=instance(rec, trust_pickle), arch=arch, trust_arch=trust_arch)
+    x = read_inputs(input_file, rec["data"]["input_shape"], invert)
+    rows = run(model, x, rec["data"].get("task", "classification"), top)
+    click.echo(json.dumps({"checkpoint": str(ckpt), "input": str(input_file), "predictions": rows})
+               if as_json else format_predictions(rows))
+
+
+# sweep takes every compress option (flags added to compress appear here too), except those it
+# owns or that make no sense across combinations
+_OWN = {p.name for p in sweep.params} | {"resume", "as_json"}
+sweep.params.extend(p for p in compress.params if p.name not in _OWN)
 
 
 _STATE: dict = {}
