@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata as md
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import CompressConfig, to_dict
 from .data import check_finite, load_data
 from .errors import QTrainError
@@ -56,8 +58,11 @@ def _versions() -> dict:
     return out
 
 
-def prepare_out(out: Path, resume: bool, force: bool) -> None:
-    """Create ``out``; refuse to overwrite another run unless resuming or forced."""
+def prepare_out(out: Path, resume: bool, force: bool, create: bool = True) -> None:
+    """Create ``out``; refuse to overwrite another run unless resuming or forced.
+
+    Only the checks run when ``create`` is false (ranks other than 0 under torchrun).
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise QTrainError(f"--out {out} is a file: choose a folder")
@@ -65,11 +70,16 @@ def prepare_out(out: Path, resume: bool, force: bool) -> None:
     if taken and not (resume or force):
         raise QTrainError(f"{out} already holds a run: pass --resume to continue it, --force "
                           "to overwrite it, or choose another --out")
+    if not create:
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise QTrainError(f"cannot create --out {out} ({exc.strerror}): choose a writable "
                           "folder") from exc
+    probe = out / f".qtrain-write-test.{os.getpid()}"
+    ckpt.atomic_write(probe, b"")  # fail now, not after the first epoch
+    probe.unlink()
     if force and not resume:
         (out / ckpt.STATE).unlink(missing_ok=True)
 
@@ -104,6 +114,7 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
     check_finite(train_ds, "train")
     check_finite(test_ds, "test")
     resolve_device(cfg.train.device)
+    ctx = distributed.setup(cfg.train.device)  # joins torchrun's process group, if any
     torch.manual_seed(cfg.train.seed)
     qt = QuantumTrain(target.module, cfg.qt)
     task = task_of(train_ds)
@@ -113,7 +124,7 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
         out = default_out(target.name, qt)
     if out is not None:
         out = Path(out)
-        prepare_out(out, resume, force)
+        prepare_out(out, resume, force, create=ctx.main)
     if on_ready:
         on_ready(qt, counts, out)
     original = None
@@ -138,7 +149,7 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
     if original:
         metrics["original"] = original
     model_out = qt.materialize().eval()
-    if out is not None:
+    if out is not None and ctx.main:
         x0 = train_ds[0][0]
         record = {
             "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION,
