@@ -42,7 +42,20 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], kind: str) -> No
 
     plain = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "content": kind}
-    atomic_write(path, save(plain, metadata=meta))
+    atomic_write(path, _sorted_metadata(save(plain, metadata=meta)))
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """safetensors writes its metadata map in an order that changes from process to process;
+    sort it, so the same tensors always give the same bytes. The header keeps its length."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8: 8 + size])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # not expected: keep safetensors' own bytes
+        return blob
+    return blob[:8] + text.ljust(size) + blob[8 + size:]
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -144,6 +144,8 @@ def cli():
 @click.option("--patience", default=5, show_default=True, type=int, help="Plateau LR patience.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps.")
+@click.option("--nproc", default=None, type=int,
+              help="Data-parallel processes on this machine (launches torchrun) [1].")
 @click.option("--out", default=None, help="Output folder [checkpoints/<model>-<ansatz>-q<n>-L<L>].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--force", is_flag=True, help="Overwrite a run already in --out.")
@@ -152,9 +154,20 @@ def cli():
 def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chunk, ansatz,
              blocks, mapping_hidden, mapping_act, scaling, gamma, beta, alpha, include, exclude,
              backend, pl_device, epochs, batch_size, lr, weight_decay, clip, schedule, patience, seed,
-             device, out, resume, force, quiet, as_json, **hardware):
+             device, nproc, out, resume, force, quiet, as_json, **hardware):
     """Quantum-Train MODEL (a state_dict file with --arch, a pickled module, or a built-in
     architecture name; default: the built-in digits_cnn on scikit-learn's digits)."""
+    from . import distributed
+
+    if nproc is not None and nproc < 1:
+        raise QTrainError(f"--nproc {nproc} must be at least 1")
+    if "WORLD_SIZE" in os.environ:  # a torchrun worker (launched by --nproc or by hand)
+        if nproc is not None and nproc != distributed.env_world():
+            raise QTrainError(f"--nproc {nproc} disagrees with torchrun's "
+                              f"{distributed.env_world()} processes: leave --nproc out")
+    elif nproc is not None and nproc > 1:
+        distributed.check_devices(device, nproc)
+        raise click.exceptions.Exit(distributed.launch(nproc, _STATE.get("argv", sys.argv[1:])))
     from .compress import compress as run
     from .config import CompressConfig, QTConfig, TrainConfig
     from .models import load_target
@@ -187,8 +200,11 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
             f"; compression ratio {counts['compression_ratio']:.2f}x")
         _STATE["out"] = out_dir
 
-    result = run(target, data, cfg, out or "auto", resume=resume, force=force,
-                 data_record={"dir": data_dir}, on_ready=ready)
+    try:
+        result = run(target, data, cfg, out or "auto", resume=resume, force=force,
+                     data_record={"dir": data_dir}, on_ready=ready)
+    except KeyboardInterrupt as exc:  # click would turn it into a bare "Aborted"
+        raise Interrupted(str(exc)) from None
     m, counts = result.metrics, result.counts
     acc = m["test_accuracy"]
     score = f"test accuracy {acc:.2%}" if acc is not None else f"test loss {m['test_loss']:.4g}"
@@ -321,17 +337,27 @@ def predict(ckpt, input_file, top, invert, arch, trust_arch, trust_pickle, as_js
 
 # sweep takes every compress option (flags added to compress appear here too), except those it
 # owns or that make no sense across combinations
-_OWN = {p.name for p in sweep.params} | {"resume", "as_json"}
+_OWN = {p.name for p in sweep.params} | {"resume", "as_json", "nproc"}
 sweep.params.extend(p for p in compress.params if p.name not in _OWN)
 
 
 _STATE: dict = {}
 
 
+class Interrupted(Exception):
+    """Ctrl-C during ``compress``; the message (if any) says what was saved."""
+
+
 def main(argv=None) -> int:
     """Entry point: every error becomes one line on stderr and a non-zero exit code."""
+    _STATE["argv"] = list(argv) if argv is not None else sys.argv[1:]
+    if int(os.environ.get("RANK", "0")) != 0 and not os.environ.get("QTRAIN_DEBUG"):
+        # under torchrun only rank 0 logs, shows progress and reports errors
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     try:
-        cli.main(args=argv, prog_name="qtrain", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="qtrain", standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns a raised Exit's code here
+            return code
     except QTrainError as exc:
         click.echo(f"qtrain: error: {exc}", err=True)
         return 2
@@ -344,7 +370,10 @@ def main(argv=None) -> int:
         hint = " (see qtrain --help)" if isinstance(exc, click.UsageError) else ""
         click.echo(f"qtrain: error: {exc.format_message()}{hint}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if str(exc):  # training saved its state and says how to resume
+            click.echo(f"qtrain: {exc}", err=True)
+            return 130
         where = _STATE.get("out")
         how = f"rerun the same command with --resume (--out {where})" if where else "rerun"
         click.echo(f"qtrain: interrupted; the last finished epoch is saved: {how}", err=True)

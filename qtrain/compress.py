@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata as md
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import CompressConfig, to_dict
 from .data import check_finite, load_data
 from .errors import QTrainError
@@ -57,8 +59,11 @@ def _versions() -> dict:
     return out
 
 
-def prepare_out(out: Path, resume: bool, force: bool) -> None:
-    """Create ``out``; refuse to overwrite another run unless resuming or forced."""
+def prepare_out(out: Path, resume: bool, force: bool, create: bool = True) -> None:
+    """Create ``out``; refuse to overwrite another run unless resuming or forced.
+
+    Only the checks run when ``create`` is false (ranks other than 0 under torchrun).
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise QTrainError(f"--out {out} is a file: choose a folder")
@@ -66,11 +71,16 @@ def prepare_out(out: Path, resume: bool, force: bool) -> None:
     if taken and not (resume or force):
         raise QTrainError(f"{out} already holds a run: pass --resume to continue it, --force "
                           "to overwrite it, or choose another --out")
+    if not create:
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise QTrainError(f"cannot create --out {out} ({exc.strerror}): choose a writable "
                           "folder") from exc
+    probe = out / f".qtrain-write-test.{os.getpid()}"
+    ckpt.atomic_write(probe, b"")  # fail now, not after the first epoch
+    probe.unlink()
     if force and not resume:
         (out / ckpt.STATE).unlink(missing_ok=True)
 
@@ -105,6 +115,7 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
     check_finite(train_ds, "train")
     check_finite(test_ds, "test")
     resolve_device(cfg.train.device)
+    ctx = distributed.setup(cfg.train.device)  # joins torchrun's process group, if any
     torch.manual_seed(cfg.train.seed)
     qt = QuantumTrain(target.module, cfg.qt)
     task = task_of(train_ds)
@@ -114,7 +125,7 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
         out = default_out(target.name, qt)
     if out is not None:
         out = Path(out)
-        prepare_out(out, resume, force)
+        prepare_out(out, resume, force, create=ctx.main)
     if on_ready:
         on_ready(qt, counts, out)
     original = None
@@ -140,7 +151,7 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
         metrics["original"] = original
     metrics.update(circuit_metrics(qt))
     model_out = qt.materialize(weights).eval()  # the very weights evaluated (a sample, under shots)
-    if out is not None:
+    if out is not None and ctx.main:
         x0 = train_ds[0][0]
         record = {
             "format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION,

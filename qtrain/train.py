@@ -4,7 +4,6 @@ schedule, evaluation every epoch, the best epoch kept, and a resumable state eac
 from __future__ import annotations
 
 import copy
-import io
 import math
 import time
 from collections.abc import Callable
@@ -15,9 +14,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import TrainConfig
 from .errors import QTrainError
 from .quantum_train import QuantumTrain
+from .resume import StopOnSignal, TrainingInterrupted, load_state, rng_state, save_state, set_rng_state
 
 
 def task_of(ds: Dataset) -> str:
@@ -97,17 +98,23 @@ def check_fit(qt: QuantumTrain, ds: Dataset, task: str) -> None:
 @torch.no_grad()
 def evaluate(qt: QuantumTrain, ds: Dataset, task: str, device, batch_size: int = 1024,
              weights=None) -> tuple[float, float | None]:
-    """Mean loss and accuracy (``None`` for regression) on ``ds``, weights generated once."""
+    """Mean loss and accuracy (``None`` for regression) on ``ds``, weights generated once.
+
+    Under torchrun each rank evaluates its share and the sums are added over ranks.
+    """
     was_training = qt.training
     qt.eval()
+    ctx = distributed.current()
     weights = weights if weights is not None else qt.generate()
     total, correct, count = 0.0, 0, 0
-    for x, y in batches(ds, batch_size, None, device):
+    for x, y in batches(distributed.eval_part(ds, ctx), batch_size, None, device):
         out = qt(x, weights=weights)
         total += float(loss_of(out, y, task)) * len(x)
         if task == "classification":
             correct += int((out.argmax(-1) == y).sum())
         count += len(x)
+    if ctx.parallel:
+        total, correct, count = distributed.all_sum([total, correct, count], device)
     qt.train(was_training)
     return total / count, (correct / count if task == "classification" else None)
 
@@ -129,10 +136,15 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
         on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``qt`` on ``train_ds``, evaluating on ``test_ds`` each epoch; keep the best epoch.
 
+    Under torchrun each rank trains on its share of every global batch of ``cfg.batch_size``
+    (see :mod:`qtrain.distributed`). Rank 0 writes the resumable state after every epoch, and on
+    Ctrl-C after the current step.
+
     Returns the per-epoch history (also written to ``metrics.jsonl`` when ``out`` is given).
     """
     from tqdm.auto import tqdm
 
+    ctx = distributed.current()
     device = resolve_device(cfg.device)
     task = task_of(train_ds)
     qt.to(device)
@@ -142,12 +154,17 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
     else:
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=cfg.patience,
                                                            factor=cfg.factor)
-    gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
-    best, best_snap, start = None, None, 0
+    best, best_snap, start, first_step, partial, updates = None, None, 0, 0, (0.0, 0, 0.0), 0
     state_path = out / ckpt.STATE if out is not None else None
     if resume and state_path is not None and state_path.is_file():
-        st = _load_state(state_path)
+        st = load_state(state_path)
+        data = st["data"]
+        for flag, ours, theirs in (("--seed", cfg.seed, data["seed"]),
+                                   ("--batch-size", cfg.batch_size, data["batch_size"])):
+            if ours != theirs:
+                raise QTrainError(f"{state_path} was trained with {flag} {theirs}, not {ours}: "
+                                  f"resume with {flag} {theirs}, or start again with --force")
         try:
             _restore(qt, st["current"])
         except RuntimeError as exc:  # the run was made with other sizing or circuit options
@@ -161,54 +178,105 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
             sched.T_max = cfg.epochs
             for group, lr in zip(opt.param_groups, sched._get_closed_form_lr(), strict=True):
                 group["lr"] = lr
-        gen.set_state(st["data_rng"])
-        torch.set_rng_state(st["torch_rng"])
-        history, best, best_snap, start = st["history"], st["best"], st["best_snap"], st["epoch"]
-    steps = math.ceil(len(train_ds) / cfg.batch_size)
-    bar = tqdm(total=cfg.epochs * steps, initial=start * steps, disable=cfg.quiet,
-               unit="step", dynamic_ncols=True, leave=False)
+        set_rng_state(st["rng"])
+        history, best, best_snap = st["history"], st["best"], st["best_snap"]
+        start, first_step, updates = data["epoch"], data["step"], st["updates"]
+        partial = (st["partial"]["total"], st["partial"]["count"], st["partial"]["seconds"])
+    if ctx.parallel:  # every rank starts from rank 0's parameters and buffers
+        distributed.broadcast([*qt.state_dict().values(), *qt.target.buffers()])
+    params = list(qt.parameters())
+    n = len(train_ds)
+    steps = math.ceil(n / cfg.batch_size)
+
+    def save(epoch: int, step: int, totals: tuple[float, int, float]) -> None:
+        if out is None or not ctx.main:
+            return
+        save_state(state_path, {
+            "current": _snapshot(qt), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": rng_state(), "updates": updates,
+            "data": {"seed": cfg.seed, "batch_size": cfg.batch_size, "epoch": epoch, "step": step},
+            "partial": {"total": totals[0], "count": totals[1], "seconds": totals[2]},
+            "history": history, "best": best, "best_snap": best_snap, "world_size": ctx.world})
+
+    def interrupted(epoch: int, step: int) -> TrainingInterrupted:
+        if out is None:
+            return TrainingInterrupted("interrupted (nothing saved: no --out)")
+        distributed.barrier()  # let rank 0 finish writing before any rank exits
+        return TrainingInterrupted(
+            f"interrupted at epoch {epoch + 1}, step {step}/{steps}; saved {state_path}: rerun "
+            "the same command with --resume to continue")
+
+    bar = tqdm(total=cfg.epochs * steps, initial=start * steps + first_step,
+               disable=cfg.quiet or not ctx.main, unit="step", dynamic_ncols=True, leave=False)
+    stop = StopOnSignal(repeat_aborts=not ctx.parallel)
     try:
-        for epoch in range(start, cfg.epochs):
-            qt.train()
-            t0, total, count = time.perf_counter(), 0.0, 0
-            lr = opt.param_groups[0]["lr"]
-            for x, y in batches(train_ds, cfg.batch_size, gen, device):
-                loss = loss_of(qt(x), y, task)
-                if not torch.isfinite(loss):
-                    raise QTrainError(
-                        f"the loss became {float(loss)} at epoch {epoch + 1}: lower --lr or "
-                        "--clip; the last good checkpoint is kept")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip > 0:
-                    torch.nn.utils.clip_grad_norm_(qt.parameters(), cfg.clip)
-                opt.step()
-                total += loss.item() * len(x)
-                count += len(x)
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
-            train_loss = total / count
-            test_loss, acc = evaluate(qt, test_ds, task, device)
-            sched.step(train_loss) if cfg.schedule == "plateau" else sched.step()
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss,
-                   "test_accuracy": acc, "lr": lr,
-                   "seconds": time.perf_counter() - t0}
-            history.append(row)
-            score = acc if acc is not None else -test_loss
-            if best is None or score > best["score"]:
-                best = {"score": score, "epoch": epoch + 1}
-                best_snap = _snapshot(qt)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.4f}",
-                            acc="-" if acc is None else f"{acc:.3f}")
-            if on_epoch:
-                on_epoch(row)
-            if out is not None:
-                ckpt.write_metrics(out / ckpt.METRICS, history)
-                _save_state(state_path, {
-                    "current": _snapshot(qt), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "data_rng": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(), "history": history, "best": best,
-                    "best_snap": best_snap, "epoch": epoch + 1})
+        with stop:
+            for epoch in range(start, cfg.epochs):
+                qt.train()
+                skip = first_step if epoch == start else 0
+                total, count, elapsed = partial if skip else (0.0, 0, 0.0)
+                t0 = time.perf_counter() - elapsed
+                lr = opt.param_groups[0]["lr"]
+                shares = distributed.shard(n, cfg.batch_size, epoch, cfg.seed, ctx)
+                for step in range(skip, steps):
+                    idx = shares[step]
+                    size = min(cfg.batch_size, n - step * cfg.batch_size)  # the global batch
+                    opt.zero_grad(set_to_none=True)
+                    x = None
+                    if len(idx):
+                        x, y = distributed.fetch(train_ds, idx, device)
+                        loss = loss_of(qt(x), y, task)
+                        if ctx.parallel:  # this rank's share of the global mean
+                            loss = loss * (len(idx) / size)
+                        loss.backward()
+                    else:  # a short last batch left this rank nothing; it still joins the sum
+                        loss = torch.zeros((), device=device)
+                    if ctx.parallel:
+                        value, halt = distributed.reduce_step(params, loss, stop.requested)
+                    else:
+                        value, halt = loss.item(), stop.requested
+                    if not math.isfinite(value):
+                        raise QTrainError(_nan_message(f"the training loss became {value}", epoch,
+                                                       step, steps, updates, cfg, state_path, x, idx))
+                    if cfg.clip > 0:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                    opt.step()
+                    updates += 1
+                    total += value * size
+                    count += size
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
+                    if halt and step + 1 < steps:
+                        save(epoch, step + 1, (total, count, time.perf_counter() - t0))
+                        raise interrupted(epoch, step + 1)
+                train_loss = total / count
+                if not all(bool(torch.isfinite(p).all()) for p in params):
+                    raise QTrainError(_nan_message("the trainable parameters became NaN or Inf", epoch,
+                                                   steps - 1, steps, updates, cfg, state_path))
+                if ctx.parallel:  # buffers (BatchNorm statistics) follow rank 0, as in DDP
+                    distributed.broadcast(list(qt.target.buffers()))
+                test_loss, acc = evaluate(qt, test_ds, task, device)
+                sched.step(train_loss) if cfg.schedule == "plateau" else sched.step()
+                row = {"epoch": epoch + 1, "train_loss": train_loss, "test_loss": test_loss,
+                       "test_accuracy": acc, "lr": lr,
+                       "seconds": time.perf_counter() - t0}
+                history.append(row)
+                score = acc if acc is not None else -test_loss
+                if best is None or score > best["score"]:
+                    best = {"score": score, "epoch": epoch + 1}
+                    best_snap = _snapshot(qt)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.4f}",
+                                acc="-" if acc is None else f"{acc:.3f}")
+                if on_epoch:
+                    on_epoch(row)
+                if out is not None and ctx.main:
+                    save(epoch + 1, 0, (0.0, 0, 0.0))  # the state first: metrics never run ahead
+                    ckpt.write_metrics(out / ckpt.METRICS, history)
+                halt = stop.requested
+                if ctx.parallel:
+                    halt = distributed.all_sum([float(halt)], device)[0] > 0
+                if halt:
+                    raise interrupted(epoch + 1, 0)
     finally:
         bar.close()
     if best_snap is not None:
@@ -216,15 +284,20 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
     return history
 
 
-def _save_state(path: Path, state: dict) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    ckpt.atomic_write(path, buf.getvalue())
-
-
-def _load_state(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise QTrainError(f"{path} is corrupt ({str(exc).splitlines()[0]}): delete it and "
-                          "start again without --resume") from exc
+def _nan_message(what: str, epoch: int, step: int, steps: int, updates: int, cfg: TrainConfig,
+                 state_path: Path | None, x=None, idx=None) -> str:
+    """Name where training stopped being finite, the likely cause, and what was kept."""
+    if x is not None and not bool(torch.isfinite(x).all()):
+        bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+        cause = f"the train data has NaN or Inf at index {int(idx[bad.nonzero()[0]])}: clean it"
+    elif updates == 0:
+        cause = ("it happened before any update, so the model or the data make it, not the "
+                 "training: check the model's forward pass on this data")
+    else:
+        cause = (f"the likely cause is a learning rate too high for this model (--lr {cfg.lr:g}): "
+                 "start again (--force) with a lower --lr or a smaller --clip")
+    if state_path is not None and state_path.is_file():
+        kept = f"the last good state is kept in {state_path}"
+    else:
+        kept = "no epoch had finished, so nothing was saved"
+    return f"{what} at epoch {epoch + 1}, step {step + 1}/{steps}; {cause}; {kept}"
