@@ -389,4 +389,11 @@ def main(argv=None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if "WORLD_SIZE" in os.environ:
+        # a torchrun worker: leave without C++ static teardown, which can abort (std::terminate in
+        # gloo's threads) when a peer has already gone, e.g. after an error or Ctrl-C
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

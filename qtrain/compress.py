@@ -169,4 +169,5 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
         ckpt.write_tensors(out / ckpt.COMPRESSED, qt.state_dict(), "quantum-train")
         ckpt.write_tensors(out / ckpt.MODEL, model_out.state_dict(), "regenerated-model")
         ckpt.write_json(out / ckpt.RECORD, record)
+    distributed.finish()  # under torchrun: all ranks end together, after rank 0 has written
     return CompressResult(model_out, qt, counts, metrics, history, out)

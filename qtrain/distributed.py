@@ -15,7 +15,6 @@ by hand in one flat all-reduce per step rather than through DistributedDataParal
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
 import os
@@ -90,13 +89,20 @@ def setup(device: str) -> Context:
         dist.init_process_group("nccl", device_id=torch.device("cuda", local))
     else:
         dist.init_process_group("gloo")
-    atexit.register(_teardown)
+    _OWNED.append(True)
     return current()
 
 
-def _teardown() -> None:
-    if dist.is_initialized():
+_OWNED: list[bool] = []  # whether setup() made the process group (then finish() ends it)
+
+
+def finish() -> None:
+    """Wait for every rank (rank 0 writes last), then end the process group that
+    :func:`setup` made. Ranks that left without this could abort their peers at exit."""
+    if _OWNED and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+        _OWNED.clear()
 
 
 # ----------------------------------------------------------------------------- data
@@ -218,10 +224,11 @@ def launch(nproc: int, argv: list[str]) -> int:
     try:
         torchrun.run(args)
     except ChildFailedError as exc:
-        rank = 0 if 0 in exc.failures else min(exc.failures)
-        code = exc.failures[rank].exitcode
-        if rank == 0 and code > 0:
-            return code  # rank 0 has printed its own one-line error
+        failures = exc.failures
+        if 0 in failures and failures[0].exitcode > 0:
+            return failures[0].exitcode  # rank 0 has printed its own one-line error
+        rank = min(failures, key=lambda r: (failures[r].timestamp, r))  # the first to fail
+        code = failures[rank].exitcode
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         print(f"qtrain: error: worker rank {rank} {how} (set QTRAIN_DEBUG=1 to see the output "
               "of every rank)", file=sys.stderr)
