@@ -348,6 +348,14 @@ class Interrupted(Exception):
     """Ctrl-C during ``compress``; the message (if any) says what was saved."""
 
 
+def _report(line: str) -> None:
+    """Print the one error line; under a --nproc launch, tell the launcher it has been said."""
+    click.echo(line, err=True)
+    flag = os.environ.get("QTRAIN_REPORTED")
+    if flag and int(os.environ.get("RANK", "0")) == 0:
+        Path(flag).touch()
+
+
 def main(argv=None) -> int:
     """Entry point: every error becomes one line on stderr and a non-zero exit code."""
     _STATE["argv"] = list(argv) if argv is not None else sys.argv[1:]
@@ -359,31 +367,31 @@ def main(argv=None) -> int:
         if isinstance(code, int) and code:  # click returns a raised Exit's code here
             return code
     except QTrainError as exc:
-        click.echo(f"qtrain: error: {exc}", err=True)
+        _report(f"qtrain: error: {exc}")
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:
-        click.echo("qtrain: aborted", err=True)
+        _report("qtrain: aborted")
         return 130
     except click.ClickException as exc:
         hint = " (see qtrain --help)" if isinstance(exc, click.UsageError) else ""
-        click.echo(f"qtrain: error: {exc.format_message()}{hint}", err=True)
+        _report(f"qtrain: error: {exc.format_message()}{hint}")
         return exc.exit_code
     except (KeyboardInterrupt, Interrupted) as exc:
         if str(exc):  # training saved its state and says how to resume
-            click.echo(f"qtrain: {exc}", err=True)
+            _report(f"qtrain: {exc}")
             return 130
         where = _STATE.get("out")
         how = f"rerun the same command with --resume (--out {where})" if where else "rerun"
-        click.echo(f"qtrain: interrupted; the last finished epoch is saved: {how}", err=True)
+        _report(f"qtrain: interrupted; the last finished epoch is saved: {how}")
         return 130
     except Exception as exc:  # the last resort: still one line, the traceback on request
         if os.environ.get("QTRAIN_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
-        click.echo(f"qtrain: internal error: {type(exc).__name__}: {first} "
-                   "(set QTRAIN_DEBUG=1 for the traceback, and please report it)", err=True)
+        _report(f"qtrain: internal error: {type(exc).__name__}: {first} "
+                "(set QTRAIN_DEBUG=1 for the traceback, and please report it)")
         return 1
     return 0
 

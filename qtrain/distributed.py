@@ -19,7 +19,9 @@ import logging
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -221,12 +223,16 @@ def launch(nproc: int, argv: list[str]) -> int:
             log.propagate = False
     args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(nproc),
                                 "-m", "qtrain", *_without_nproc(argv)])
+    reported = Path(tempfile.mkdtemp(prefix="qtrain-")) / "reported"
+    os.environ["QTRAIN_REPORTED"] = str(reported)  # rank 0 touches it once it has said why
     try:
         torchrun.run(args)
     except ChildFailedError as exc:
         failures = exc.failures
         if 0 in failures and failures[0].exitcode > 0:
             return failures[0].exitcode  # rank 0 has printed its own one-line error
+        if reported.exists():  # rank 0 said why, then was stopped with the others
+            return 1
         rank = min(failures, key=lambda r: (failures[r].timestamp, r))  # the first to fail
         code = failures[rank].exitcode
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
@@ -235,4 +241,8 @@ def launch(nproc: int, argv: list[str]) -> int:
         return 1
     except SignalException as exc:
         return 128 + int(exc.sigval)
+    finally:
+        os.environ.pop("QTRAIN_REPORTED", None)
+        reported.unlink(missing_ok=True)
+        reported.parent.rmdir()
     return 0
