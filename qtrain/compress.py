@@ -110,11 +110,11 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
         type(model).__name__.lower())
     if isinstance(data, str):
         data_record = {"spec": data, **(data_record or {})}
-        data = load_data(data, seed=cfg.train.seed, data_dir=(data_record or {}).get("dir"))
+        data = load_data(data, seed=cfg.train.seed, data_dir=data_record.get("dir"))
     train_ds, test_ds = data
     check_finite(train_ds, "train")
     check_finite(test_ds, "test")
-    resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     ctx = distributed.setup(cfg.train.device)  # joins torchrun's process group, if any
     torch.manual_seed(cfg.train.seed)
     qt = QuantumTrain(target.module, cfg.qt)
@@ -130,14 +130,12 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
         on_ready(qt, counts, out)
     original = None
     if target.trained:
-        device = resolve_device(cfg.train.device)
         saved = {n: p.detach().clone() for n, p in target.module.named_parameters()}
         qt.to(device)
         # the MODEL's own weights, evaluated through the same path with nothing generated
         loss, acc = evaluate(qt, test_ds, task, device, weights=saved)
         original = {"test_loss": loss, "test_accuracy": acc}
     history = fit(qt, train_ds, test_ds, cfg.train, out, resume)
-    device = resolve_device(cfg.train.device)
     weights = qt.generate()
     test_loss, acc = evaluate(qt, test_ds, task, device, weights=weights)
     train_loss, train_acc = evaluate(qt, train_ds, task, device, weights=weights)

@@ -60,21 +60,7 @@ class WeightGenerator(nn.Module):
             seg = torch.repeat_interleave(torch.arange(len(numels)), numel)
             self.register_buffer("segment", seg, persistent=False)
             self.register_buffer("counts", numel.float(), persistent=False)
-        self._simulator = None
         self._estimator = None
-
-    @property
-    def simulator(self):
-        if self._simulator is None:
-            if self.cfg.backend == "pennylane":
-                from .pennylane_backend import PennyLaneSimulator
-
-                self._simulator = PennyLaneSimulator(self.circuit, self.cfg.pl_device)
-            else:
-                from .simulate import NativeSimulator
-
-                self._simulator = NativeSimulator(self.circuit)
-        return self._simulator
 
     @property
     def estimator(self):
@@ -82,7 +68,7 @@ class WeightGenerator(nn.Module):
         if self._estimator is None:
             from .gradients import make_estimator
 
-            self._estimator = make_estimator(self.circuit, self.cfg, lambda: self.simulator)
+            self._estimator = make_estimator(self.circuit, self.cfg)
         return self._estimator
 
     @property

@@ -256,9 +256,11 @@ def circuit_metrics(qt) -> dict:
             "shots_total": est.shots_used if est is not None else 0}
 
 
-def make_estimator(circuit: Circuit, cfg: QTConfig, simulator_factory):
-    """The estimator for ``cfg.backend``; ``simulator_factory()`` gives the native simulator."""
+def make_estimator(circuit: Circuit, cfg: QTConfig):
+    """The estimator for ``cfg.backend``: PennyLane's own QNode, or the native simulator."""
     seed = cfg.sample_seed if cfg.sample_seed is not None else torch.initial_seed()
     if cfg.backend == "pennylane":
         return PennyLaneEstimator(circuit, cfg, seed)
-    return NativeEstimator(circuit, cfg, simulator_factory(), seed)
+    from .simulate import NativeSimulator
+
+    return NativeEstimator(circuit, cfg, NativeSimulator(circuit), seed)

@@ -130,20 +130,6 @@ def _embed_pair(cu: torch.Tensor, i: int, length: int) -> torch.Tensor:
     return out
 
 
-class _Permute(torch.autograd.Function):
-    """``x[:, perm]`` whose backward is the inverse gather, not autograd's scatter-add."""
-
-    @staticmethod
-    def forward(ctx, x, perm, inverse):
-        ctx.save_for_backward(inverse)
-        return x[:, perm]
-
-    @staticmethod
-    def backward(ctx, grad):
-        (inverse,) = ctx.saved_tensors
-        return grad[:, inverse], None, None
-
-
 def _flip_pairs(length: int) -> torch.Tensor:
     """Flat indices i * 2^g + (i with bit q flipped), for every i with local qubit q set:
     (length, 2^(g-1)), qubit 0 the most significant."""
