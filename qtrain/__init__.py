@@ -5,11 +5,11 @@ every weight of a target network; only the circuit angles and the mapping are tr
 """
 
 from .compress import CompressResult, compress
-from .config import CompressConfig, QTConfig, TrainConfig
+from .config import CompressConfig, DistillConfig, InitConfig, QTConfig, TrainConfig
 from .errors import QTrainError
 from .loading import load, regenerate
 from .quantum_train import QuantumTrain
 
 __version__ = "0.1.0"
-__all__ = ["CompressConfig", "CompressResult", "QTConfig", "QTrainError", "QuantumTrain",
-           "TrainConfig", "compress", "load", "regenerate"]
+__all__ = ["CompressConfig", "CompressResult", "DistillConfig", "InitConfig", "QTConfig",
+           "QTrainError", "QuantumTrain", "TrainConfig", "compress", "load", "regenerate"]

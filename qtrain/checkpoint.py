@@ -15,6 +15,7 @@ FORMAT = "qtrain"
 FORMAT_VERSION = 1
 COMPRESSED, MODEL, RECORD, METRICS, STATE = (
     "compressed.safetensors", "model.safetensors", "qtrain.json", "metrics.jsonl", "train_state.pt")
+INIT_FIT = "init_fit.json"  # the --init fit report, kept for a resumed run's record
 
 
 def atomic_write(path: Path, data: bytes) -> None:

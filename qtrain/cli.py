@@ -119,6 +119,21 @@ def cli():
               help="Glob on parameter names to generate (repeatable or comma list).")
 @click.option("--exclude", multiple=True, callback=_patterns,
               help="Glob on parameter names to keep classical.")
+@click.option("--freeze-rest", is_flag=True,
+              help="Keep what --include/--exclude leave out frozen at MODEL's weights, not trained.")
+@click.option("--distill", is_flag=True,
+              help="Learn from MODEL's outputs (KL at --temperature; MSE for regression).")
+@click.option("--distill-alpha", default=0.5, show_default=True, type=float,
+              help="Weight of the teacher term; 1 - alpha weighs the label loss.")
+@click.option("--temperature", default=4.0, show_default=True, type=float,
+              help="Distillation temperature T.")
+@click.option("--task", default="auto", show_default=True,
+              help="For --distill on data without labels: classification, regression or auto.")
+@click.option("--init", "init", default="scratch", show_default=True,
+              help="scratch, or fit: first fit the generated weights to MODEL's weights.")
+@click.option("--fit-steps", default=500, show_default=True, type=int, help="Adam steps of --init fit.")
+@click.option("--fit-lr", default=2e-2, show_default=True, type=float,
+              help="Learning rate of --init fit.")
 @click.option("--backend", default="native", show_default=True, help="native or pennylane.")
 @click.option("--pl-device", default="default.qubit", show_default=True)
 @click.option("--pl-option", "pl_options", multiple=True, callback=_pl_options,
@@ -153,6 +168,7 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary as the last line.")
 def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chunk, ansatz,
              blocks, mapping_hidden, mapping_act, scaling, gamma, beta, alpha, include, exclude,
+             freeze_rest, distill, distill_alpha, temperature, task, init, fit_steps, fit_lr,
              backend, pl_device, epochs, batch_size, lr, weight_decay, clip, schedule, patience, seed,
              device, nproc, out, resume, force, quiet, as_json, **hardware):
     """Quantum-Train MODEL (a state_dict file with --arch, a pickled module, or a built-in
@@ -169,7 +185,7 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
         distributed.check_devices(device, nproc)
         raise click.exceptions.Exit(distributed.launch(nproc, _STATE.get("argv", sys.argv[1:])))
     from .compress import compress as run
-    from .config import CompressConfig, QTConfig, TrainConfig
+    from .config import CompressConfig, DistillConfig, InitConfig, QTConfig, TrainConfig
     from .models import load_target
 
     try:
@@ -181,10 +197,13 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
         qt=QTConfig(qubits=qubits, chunk=chunk, ansatz=ansatz, blocks=blocks,
                     mapping_hidden=mapping_hidden, mapping_act=mapping_act, scaling=scaling,
                     gamma=gamma, beta=beta, alpha=alpha, include=include, exclude=exclude,
-                    backend=backend, pl_device=pl_device, **hardware),
+                    freeze_rest=freeze_rest, backend=backend, pl_device=pl_device, **hardware),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                           clip=clip, seed=seed, device=device, schedule=schedule, patience=patience,
-                          quiet=quiet))
+                          quiet=quiet),
+        distill=DistillConfig(enabled=distill, alpha=distill_alpha, temperature=temperature,
+                              task=task),
+        init=InitConfig(init=init, fit_steps=fit_steps, fit_lr=fit_lr))
     import torch
 
     torch.manual_seed(seed)  # a fresh architecture's initial weights follow --seed too
@@ -195,14 +214,18 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
         c = qt.circuit
         say(f"{target.name}: M = {counts['generated']:,} generated weights from {c.qubits} "
             f"qubits x chunk {qt.chunk}, {c.ansatz} x {c.blocks} blocks")
+        frozen = f", frozen {counts['frozen']:,} (not trained)" if counts["frozen"] else ""
         say(f"trainable {counts['trainable_params']:,} (angles {counts['angles']}, mapping "
             f"{counts['mapping']}, scaling {counts['scaling']}, classical {counts['classical']})"
-            f"; compression ratio {counts['compression_ratio']:.2f}x")
+            f"{frozen}; compression ratio {counts['compression_ratio']:.2f}x")
         _STATE["out"] = out_dir
+
+    from .report import agreement_line, init_fit_line
 
     try:
         result = run(target, data, cfg, out or "auto", resume=resume, force=force,
-                     data_record={"dir": data_dir}, on_ready=ready)
+                     data_record={"dir": data_dir}, on_ready=ready,
+                     on_init_fit=lambda r: say(init_fit_line(r)))
     except KeyboardInterrupt as exc:  # click would turn it into a bare "Aborted"
         raise Interrupted(str(exc)) from None
     m, counts = result.metrics, result.counts
@@ -210,7 +233,9 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
     score = f"test accuracy {acc:.2%}" if acc is not None else f"test loss {m['test_loss']:.4g}"
     say(f"{score} (best epoch {m['best_epoch']}/{m['epochs']}, {m['seconds']:.1f} s); "
         f"compression ratio {counts['compression_ratio']:.2f}x "
-        f"({counts['target_params']:,} -> {counts['trainable_params']:,})")
+        f"({counts['target_params']:,} -> {counts['trainable_params'] + counts['frozen']:,})")
+    if m.get("agreement"):
+        say(agreement_line(m["agreement"]))
     say(f"wrote {result.out}/  (load with: qtrain.load('{result.out}'))")
     if as_json:
         c = result.quantum_train.circuit
@@ -220,7 +245,14 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
             "blocks": c.blocks, "chunk": result.quantum_train.chunk, "ansatz": c.ansatz,
             "test_accuracy": acc, "test_loss": m["test_loss"], "out": str(result.out),
             "grad": cfg.qt.grad, "shots": cfg.qt.shots,
-            "circuit_executions": m.get("circuit_executions")}))
+            "circuit_executions": m.get("circuit_executions"), "frozen_params": counts["frozen"],
+            "distill": cfg.distill.enabled, "init": cfg.init.init,
+            "agreement": m.get("agreement"), "init_fit": _brief(m.get("init_fit"))}))
+
+
+def _brief(report: dict | None) -> dict | None:
+    """The --init fit report without its per-tensor table."""
+    return None if report is None else {k: v for k, v in report.items() if k != "relative_l2"}
 
 
 @cli.command()
@@ -273,10 +305,12 @@ def _qubit_list(ctx, param, value):
 @click.option("--arch", default=None, help="The --arch again, to rebuild a non-built-in architecture.")
 @click.option("--trust-arch", is_flag=True, help="Import the recorded architecture's code.")
 @click.option("--trust-pickle", is_flag=True, help="Unpickle the recorded whole-module MODEL again.")
+@click.option("--original", default=None, type=click.Path(),
+              help="The trained MODEL file to measure agreement with [the recorded MODEL].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
 def evaluate(ckpt, data, data_dir, baseline_epochs, baseline_lr, arch, trust_arch, trust_pickle,
-             device, as_json):
+             original, device, as_json):
     """What compression cost checkpoint CKPT: parameters, bytes and accuracy on its split."""
     from .evaluate import evaluate_checkpoint, format_report
     from .train import resolve_device
@@ -285,7 +319,8 @@ def evaluate(ckpt, data, data_dir, baseline_epochs, baseline_lr, arch, trust_arc
     if baseline_epochs and not as_json:
         click.echo(f"training the classical baseline for {baseline_epochs} epochs ...", err=True)
     report = evaluate_checkpoint(ckpt, data, data_dir, baseline_epochs, baseline_lr, arch=arch,
-                                 trust_arch=trust_arch, trust_pickle=trust_pickle, device=device)
+                                 trust_arch=trust_arch, trust_pickle=trust_pickle, device=device,
+                                 original=original)
     click.echo(json.dumps(report) if as_json else format_report(report))
 
 

@@ -15,6 +15,8 @@ BACKENDS = ("native", "pennylane")
 DEVICES = ("cpu", "cuda", "mps")
 SCHEDULES = ("plateau", "cosine")
 GRADS = ("backprop", "parameter-shift", "spsa", "finite-diff")
+TASKS = ("auto", "classification", "regression")
+INITS = ("scratch", "fit")
 
 
 def _choice(value, options, flag):
@@ -37,6 +39,8 @@ class QTConfig:
             (initialised to the tensor's init std) and shift; ``none`` is the toolkit's recipe.
         gamma, beta, alpha: probability post-processing x = (beta * tanh(gamma 2^(n-1) p))^alpha.
         include, exclude: glob patterns on parameter names choosing what is generated.
+        freeze_rest: keep the parameters that are not generated frozen at the model's values
+            (stored, never trained) instead of training them classically.
         backend: ``native`` (torch statevector) or ``pennylane`` (a QNode on ``pl_device``).
         pl_device: the PennyLane device name for the pennylane backend.
         max_auto_qubits: the widest circuit chosen when both qubits and chunk are automatic.
@@ -66,6 +70,7 @@ class QTConfig:
     alpha: float = 0.3
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    freeze_rest: bool = False
     backend: str = "native"
     pl_device: str = "default.qubit"
     max_auto_qubits: int = 20
@@ -150,14 +155,76 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Learning from the trained MODEL's outputs (knowledge distillation).
+
+    The loss is ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) +
+    (1 - alpha) * label loss``; regression models use the MSE to the teacher's outputs in place
+    of the KL term. Without labels in the data the teacher's predictions are the labels.
+
+    Attributes:
+        enabled: distil from the model (``--distill``).
+        alpha: the weight of the teacher term (``--distill-alpha``); ``1`` ignores the labels.
+        temperature: T, softening both distributions (``--temperature``).
+        task: ``classification`` or ``regression`` for data without labels; ``auto`` takes
+            classification when the model outputs more than one value per example.
+    """
+
+    enabled: bool = False
+    alpha: float = 0.5
+    temperature: float = 4.0
+    task: str = "auto"
+
+    def __post_init__(self):
+        _choice(self.task, TASKS, "--task")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise QTrainError(f"--distill-alpha {self.alpha} must lie in [0, 1]: 1 learns only "
+                              "from the model's outputs, 0 only from the labels")
+        if self.temperature <= 0:
+            raise QTrainError(f"--temperature {self.temperature} must be positive, e.g. 4")
+
+
+@dataclass
+class InitConfig:
+    """How the angles and the mapping start.
+
+    Attributes:
+        init: ``scratch`` (random angles and mapping) or ``fit``: first fit them so that the
+            generated weights approximate the trained MODEL's weights (``--init fit``).
+        fit_steps: Adam steps of that fit (``--fit-steps``).
+        fit_lr: the fit's Adam learning rate, annealed to zero by a cosine (``--fit-lr``).
+    """
+
+    init: str = "scratch"
+    fit_steps: int = 500
+    fit_lr: float = 2e-2
+
+    def __post_init__(self):
+        _choice(self.init, INITS, "--init")
+        if self.fit_steps < 1:
+            raise QTrainError(f"--fit-steps {self.fit_steps} must be at least 1")
+        if self.fit_lr <= 0:
+            raise QTrainError(f"--fit-lr {self.fit_lr} must be positive")
+
+
+# ``qtrain compress`` option name -> field, for the configs whose fields are named otherwise
+DISTILL_OPTS = {"distill": "enabled", "distill_alpha": "alpha", "temperature": "temperature",
+                "task": "task"}
+INIT_OPTS = {"init": "init", "fit_steps": "fit_steps", "fit_lr": "fit_lr"}
+
+
+@dataclass
 class CompressConfig:
     """Everything :func:`qtrain.compress` needs besides the model and the data."""
 
     qt: QTConfig = field(default_factory=QTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    init: InitConfig = field(default_factory=InitConfig)
 
 
-_TYPES = {cls.__name__: cls for cls in (QTConfig, TrainConfig, CompressConfig)}
+_TYPES = {cls.__name__: cls for cls in (QTConfig, TrainConfig, DistillConfig, InitConfig,
+                                        CompressConfig)}
 VERSION = 1
 
 

@@ -129,12 +129,12 @@ def shard(n: int, batch_size: int, epoch: int, seed: int, ctx: Context) -> list[
     return list(torch.split(mine, sizes.tolist()))
 
 
-def fetch(ds: Dataset, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The examples ``idx`` of ``ds`` as one batch on ``device`` (a TensorDataset is sliced)."""
+def fetch(ds: Dataset, idx: torch.Tensor, device) -> tuple[torch.Tensor, ...]:
+    """The examples ``idx`` of ``ds`` as one batch on ``device`` (a TensorDataset is sliced):
+    every column, (input, target, ...)."""
     if isinstance(ds, TensorDataset):
-        return tuple(t[idx].to(device) for t in ds.tensors[:2])
-    x, y = default_collate([ds[int(i)] for i in idx])[:2]
-    return x.to(device), y.to(device)
+        return tuple(t[idx].to(device) for t in ds.tensors)
+    return tuple(t.to(device) for t in default_collate([ds[int(i)] for i in idx]))
 
 
 def eval_part(ds: Dataset, ctx: Context) -> Dataset:

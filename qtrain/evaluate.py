@@ -10,7 +10,8 @@ import torch
 
 from . import checkpoint as ckpt
 from .baseline import reset_parameters, score, train_classical
-from .data import TORCHVISION, load_data
+from .data import TORCHVISION, has_labels, load_data
+from .distill import agreement_on, infer_task, teacher_outputs, with_teacher
 from .errors import QTrainError
 from .loading import build_model, load
 from .predict import instance
@@ -28,6 +29,8 @@ def _kind(key: str) -> str:
         return "scaling"
     if key.startswith("classical."):
         return "classical"
+    if key.startswith("frozen."):
+        return "frozen"  # the rest kept at MODEL's weights: stored, not trained
     return "buffers"  # e.g. generator.ref: saved state, never trained
 
 
@@ -35,15 +38,15 @@ def file_counts(folder: str | Path) -> dict:
     """The numbers stored in ``compressed.safetensors`` by kind, read from its header alone.
 
     Returns:
-        ``{angles, mapping, scaling, classical, buffers, trainable_params}``, where
-        ``trainable_params`` is everything but the buffers.
+        ``{angles, mapping, scaling, classical, frozen, buffers, trainable_params}``, where
+        ``trainable_params`` is everything but the frozen rest and the buffers.
     """
     from safetensors import SafetensorError, safe_open
 
     path = Path(folder) / ckpt.COMPRESSED
     if not path.is_file():
         raise QTrainError(f"{path} is missing: is this a qtrain checkpoint folder?")
-    counts = dict.fromkeys((*KINDS, "buffers"), 0)
+    counts = dict.fromkeys((*KINDS, "frozen", "buffers"), 0)
     try:
         with safe_open(str(path), "pt") as f:
             for key in f.keys():
@@ -59,14 +62,15 @@ def file_counts(folder: str | Path) -> dict:
 
 def _imports_code(spec: str) -> bool:
     return (spec not in ("digits", *TORCHVISION) and ":" in spec and not Path(spec).exists()
-            and not spec.endswith(".npz"))
+            and not spec.endswith((".npz", ".npy")))
 
 
 def checkpoint_data(record: dict, data: str | None = None, data_dir: str | None = None):
     """Rebuild the checkpoint's split (its ``--data`` and seed), or load ``data`` instead.
 
     Returns:
-        (train_dataset, test_dataset, description dict).
+        (train_dataset, test_dataset, description dict); the description's ``task`` is
+        ``None`` when the data has no labels.
     """
     seed = record["config"]["_data"]["train"]["_data"]["seed"]
     recorded = record.get("data", {})
@@ -83,8 +87,46 @@ def checkpoint_data(record: dict, data: str | None = None, data_dir: str | None 
                           "with its path from here")
     train, test = load_data(spec, seed=seed, data_dir=data_dir)
     same = spec == recorded.get("spec") and data_dir == recorded.get("dir")
-    return train, test, {"spec": spec, "dir": data_dir, "seed": seed, "task": task_of(train),
+    task = task_of(train) if has_labels(train) and has_labels(test) else None
+    return train, test, {"spec": spec, "dir": data_dir, "seed": seed, "task": task,
                          "train_size": len(train), "test_size": len(test), "recorded_split": same}
+
+
+def original_model(record: dict, original: str | None = None, *, arch: str | None = None,
+                   trust_arch: bool = False, trust_pickle: bool = False):
+    """The trained MODEL the checkpoint was compressed from, to compare against.
+
+    Args:
+        record: the checkpoint's ``qtrain.json``.
+        original: a model file to use instead of the recorded one (same architecture).
+        arch, trust_arch, trust_pickle: consent to rebuild or unpickle it.
+
+    Returns:
+        ``(module or None, note)``: ``None`` with the reason when there is nothing to compare
+        with (a fresh architecture, or the recorded file is gone or has changed).
+    """
+    from .models import file_sha256, load_into, load_target, read_state_dict
+
+    source = record.get("source") or {}
+    path = original or source.get("path")
+    if path is None:
+        return None, "MODEL was a fresh architecture, with no trained weights to agree with"
+    if not Path(path).is_file():
+        if original:
+            raise QTrainError(f"--original {original} does not exist: give the trained model file")
+        return None, f"the original MODEL {path} is gone: pass --original to compare with it"
+    if original is None and source.get("sha256") and file_sha256(Path(path)) != source["sha256"]:
+        return None, (f"the original MODEL {path} has changed since compress: pass --original "
+                      f"{path} to compare with it anyway")
+    if "pickle" in record["arch"]:
+        if not trust_pickle:
+            raise QTrainError(f"the original MODEL {path} is a pickled module: pass "
+                              "--trust-pickle to unpickle it (it runs code from the file)")
+        return load_target(path, trust_pickle=True).module.eval(), None
+    net = build_model(record, None, arch, trust_arch)
+    load_into(net, read_state_dict(Path(path)), f"the original MODEL {path} does not match "
+              "the checkpoint's architecture")
+    return net.eval(), None
 
 
 def _row(m: dict) -> dict:
@@ -95,7 +137,8 @@ def _row(m: dict) -> dict:
 def evaluate_checkpoint(folder: str | Path, data: str | None = None, data_dir: str | None = None,
                         baseline_epochs: int | None = None, baseline_lr: float = 1e-3, *,
                         arch: str | None = None, trust_arch: bool = False,
-                        trust_pickle: bool = False, device: str = "cpu") -> dict:
+                        trust_pickle: bool = False, device: str = "cpu",
+                        original: str | None = None) -> dict:
     """Every figure ``qtrain evaluate`` prints, as a dict (the ``--json`` output).
 
     Args:
@@ -106,6 +149,8 @@ def evaluate_checkpoint(folder: str | Path, data: str | None = None, data_dir: s
         baseline_lr: the classical baseline's Adam learning rate.
         arch, trust_arch, trust_pickle: consent to rebuild a non-built-in architecture.
         device: where to evaluate and train.
+        original: the trained MODEL file to measure agreement with (default: the recorded
+            MODEL, if it is still there unchanged).
     """
     folder = Path(folder)
     record = ckpt.read_record(folder)
@@ -117,7 +162,19 @@ def evaluate_checkpoint(folder: str | Path, data: str | None = None, data_dir: s
     net = instance(record, trust_pickle)
     model = load(folder, model=net, arch=arch, trust_arch=trust_arch).to(device)
     train_ds, test_ds, described = checkpoint_data(record, data, data_dir)
+    teacher, note = original_model(record, original, arch=arch, trust_arch=trust_arch,
+                                   trust_pickle=trust_pickle)
+    teacher_test = teacher_outputs(teacher, test_ds, device) if teacher is not None else None
     task = described["task"]
+    if task is None:  # inputs only: the original MODEL's predictions are the labels
+        if teacher is None:
+            raise QTrainError(f"the data has no labels and {note[0].lower() + note[1:]}; "
+                              "evaluate needs the original MODEL (--original) to label it")
+        teacher_train = teacher_outputs(teacher, train_ds, device)
+        task = record.get("data", {}).get("task") or infer_task(teacher_train, "auto")
+        train_ds = with_teacher(train_ds, teacher_train, task)
+        test_ds = with_teacher(test_ds, teacher_test, task)
+        described.update(task=task, labels="teacher")
     test, train = score(model, test_ds, task, device), score(model, train_ds, task, device)
     report = {
         "checkpoint": str(folder), "name": record.get("name"), "arch": record["arch"],
@@ -136,9 +193,19 @@ def evaluate_checkpoint(folder: str | Path, data: str | None = None, data_dir: s
                           "train_accuracy": train["accuracy"],
                           "generalization_gap": test["loss"] - train["loss"]},
         "original": None, "baseline": None,
+        "agreement": (None if teacher is None else
+                      {**agreement_on(model, teacher_test, test_ds, task, device),
+                       "original": original or record["source"]["path"]}),
+        "agreement_note": note,
     }
     original = record.get("metrics", {}).get("original")
-    if original and described["recorded_split"]:
+    if teacher is not None:  # scored now, on whatever data this is
+        t_test, t_train = score(teacher, test_ds, task, device), score(teacher, train_ds, task, device)
+        report["original"] = {"params": counts["target_params"], "test_accuracy": t_test["accuracy"],
+                              "test_loss": t_test["loss"], "train_loss": t_train["loss"],
+                              "train_accuracy": t_train["accuracy"],
+                              "generalization_gap": t_test["loss"] - t_train["loss"]}
+    elif original and described["recorded_split"]:
         report["original"] = {"params": counts["target_params"], **_row(original)}
     if baseline_epochs:
         torch.manual_seed(train_cfg["seed"])  # the fresh init that `qtrain compress` would draw
@@ -184,14 +251,16 @@ def format_report(r: dict) -> str:
     lines += [
         f"generated M        {s['generated']:,}",
         f"trainable          {c['trainable_params']:,} = angles {c['angles']:,} + mapping "
-        f"{c['mapping']:,} + scaling {c['scaling']:,} + kept classical {c['classical']:,} ({agree})",
+        f"{c['mapping']:,} + scaling {c['scaling']:,} + kept classical {c['classical']:,} ({agree})"
+        + (f"; frozen {c['frozen']:,} (stored, not trained)" if c.get("frozen") else ""),
         f"compression ratio  {c['compression_ratio']:.2f}x ({c['target_params']:,} -> "
-        f"{c['trainable_params']:,})",
+        f"{c['trainable_params'] + c.get('frozen', 0):,})",
         f"files              {ckpt.COMPRESSED} {_size(f['compressed_bytes'])} vs {ckpt.MODEL} "
         f"{_size(f['model_bytes'])}"
         + (f" ({f['size_ratio']:.1f}x smaller)" if f["size_ratio"] else ""),
         f"data               {d['spec']} (seed {d['seed']}): {d['train_size']:,} train / "
-        f"{d['test_size']:,} test" + ("" if d["recorded_split"] else " (not the recorded data)"),
+        f"{d['test_size']:,} test" + ("" if d["recorded_split"] else " (not the recorded data)")
+        + ("; labels: the original MODEL's predictions" if d.get("labels") == "teacher" else ""),
         "",
     ]
     loss = "CE" if d["task"] == "classification" else "MSE"
@@ -208,4 +277,11 @@ def format_report(r: dict) -> str:
                          f"{_num(m['test_loss']):>10}{_num(m['train_loss']):>10}"
                          f"{_num(m['generalization_gap']):>9}")
     lines.append(f"gap = test {loss} - train {loss}")
+    a = r.get("agreement")
+    if a:
+        what = (f"top-1 {a['top1']:.2%}, mean KL {a['kl']:.4f} nats" if "top1" in a
+                else f"output MSE {a['mse']:.4g}")
+        lines.append(f"agreement with the original MODEL on the test split: {what}")
+    elif r.get("agreement_note"):
+        lines.append(f"agreement: - ({r['agreement_note']})")
     return "\n".join(lines)

@@ -120,7 +120,8 @@ def _arch_name(spec: str) -> str:
     return spec.rpartition(":")[2] or spec
 
 
-def _read_state_dict(path: Path) -> dict:
+def read_state_dict(path: Path) -> dict:
+    """The state_dict in a .pt/.pth/.safetensors file, read without running code from it."""
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -179,7 +180,7 @@ def load_target(model: str | None, arch: str | None = None, arch_kwargs: dict | 
     if path.is_dir():
         raise QTrainError(f"{model} is a directory: give a model file")
     try:
-        state = _read_state_dict(path)
+        state = read_state_dict(path)
     except _PickledModule:
         if not trust_pickle:
             raise QTrainError(
@@ -188,7 +189,7 @@ def load_target(model: str | None, arch: str | None = None, arch_kwargs: dict | 
                 f"pass --arch"
             ) from None
         module = _load_pickle(path)
-        source = {"path": str(path.resolve())}
+        source = {"path": str(path.resolve()), "sha256": file_sha256(path)}
         return Target(module, {"pickle": str(path.resolve())}, path.stem, True, source)
     if arch is None:
         raise QTrainError(f"{model} is a state_dict: also pass --arch (a built-in such as "
@@ -196,7 +197,16 @@ def load_target(model: str | None, arch: str | None = None, arch_kwargs: dict | 
     module = build_arch(arch, arch_kwargs)
     load_into(module, state, f"{model} does not match --arch {arch}")
     return Target(module, {"spec": arch, "kwargs": arch_kwargs or {}}, path.stem, True,
-                  {"path": str(path.resolve())})
+                  {"path": str(path.resolve()), "sha256": file_sha256(path)})
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks (model files may be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_into(module: nn.Module, state: dict, what: str) -> None:

@@ -21,11 +21,21 @@ def _init_stats(tensors: list[torch.Tensor]):
     return torch.stack(std), torch.stack(mean)
 
 
+class _Frozen(nn.Module):
+    """The parameters kept at the model's values under ``freeze_rest``: saved, never trained."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        for name, t in tensors.items():
+            self.register_buffer(name, t.detach().clone())
+
+
 class QuantumTrain(nn.Module):
     """Wraps a target network so that its selected parameters are generated, not trained.
 
     ``parameters()`` yields only what is trained: the circuit angles, the mapping MLP, the
-    per-tensor gain and shift, and the trainable parameters kept classical. The target's own
+    per-tensor gain and shift, and the trainable parameters kept classical (unless
+    ``config.freeze_rest`` keeps those frozen, as buffers). The target's own
     buffers (BatchNorm statistics) stay classical state and update in its forward pass.
 
     Args:
@@ -48,7 +58,9 @@ class QuantumTrain(nn.Module):
         self.config, self.layout = cfg, layout
         self.circuit = Circuit(qubits, cfg.blocks, cfg.ansatz)
         self.generator = WeightGenerator(self.circuit, chunk, cfg, layout.numels, std, mean)
-        self.classical = nn.ParameterDict({n.replace(".", "/"): named[n] for n in layout.classical})
+        rest = {n.replace(".", "/"): named[n] for n in layout.classical}
+        self.classical = nn.ParameterDict({} if cfg.freeze_rest else rest)
+        self.frozen = _Frozen(rest if cfg.freeze_rest else {})
         self.__dict__["target"] = model  # not a submodule: its parameters are not ours to train
 
     @property
@@ -63,6 +75,7 @@ class QuantumTrain(nn.Module):
         """Run the target on the generated weights (computed now unless ``weights`` is given)."""
         params = dict(weights if weights is not None else self.generate())
         params.update({n.replace("/", "."): p for n, p in self.classical.items()})
+        params.update({n.replace("/", "."): p for n, p in self.frozen.named_buffers()})
         return functional_call(self.target, params, args, kwargs)
 
     def train(self, mode: bool = True):
@@ -82,27 +95,34 @@ class QuantumTrain(nn.Module):
         named = dict(self.target.named_parameters())
         for name, w in (weights if weights is not None else self.generate()).items():
             named[name].copy_(w)
+        for name, w in self.frozen.named_buffers():  # copies: loading a checkpoint fills them
+            named[name.replace("/", ".")].copy_(w)
         return self.target
 
     def counts(self) -> dict[str, int]:
         """Generated weights (M), the target's trainable size, and what is trained, by kind.
 
         ``compression_ratio`` is the target's trainable parameters (generated plus kept
-        classical) over the trainable Quantum-Train parameters; with everything generated it
-        is M / trainable.
+        classical or frozen) over what the compressed form stores: the trainable Quantum-Train
+        parameters plus any frozen rest. With everything generated it is M / trainable.
+        ``generated_ratio`` is the same for the generated part alone: M over the angles,
+        mapping and scaling.
         """
         g = self.generator
         scaling = g.gain.numel() + g.shift.numel() if hasattr(g, "gain") else 0
         classical = sum(p.numel() for p in self.classical.values())
+        frozen = sum(b.numel() for b in self.frozen.buffers())
         out = {
             "generated": self.layout.size,
-            "target_params": self.layout.size + classical,
+            "target_params": self.layout.size + classical + frozen,
             "angles": g.angles.numel(),
             "mapping": sum(p.numel() for p in g.mapping.parameters()),
             "scaling": scaling,
             "classical": classical,
+            "frozen": frozen,
         }
         out["trainable_params"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        out["compression_ratio"] = out["target_params"] / out["trainable_params"]
+        out["compression_ratio"] = out["target_params"] / (out["trainable_params"] + frozen)
+        out["generated_ratio"] = out["generated"] / (out["angles"] + out["mapping"] + scaling)
         return out
 

@@ -28,7 +28,8 @@ def info_lines(rec: dict, folder: str | Path) -> list[str]:
         f"architecture   {arch} {json.dumps(rec['arch'].get('kwargs') or {})}"
         + (f" (weights from {rec['source']['path']})" if rec.get("source", {}).get("path") else ""),
         f"generated M    {s['generated']:,} in {len(rec['manifest'])} tensors"
-        + (f"; kept classical: {', '.join(rec['classical'])}" if rec.get("classical") else ""),
+        + (f"; kept {'frozen' if qt.get('freeze_rest') else 'classical'}: "
+           f"{', '.join(rec['classical'])}" if rec.get("classical") else ""),
         f"circuit        {s['ansatz']}, {s['qubits']} qubits x {s['blocks']} blocks, "
         f"chunk {s['chunk']}",
     ]
@@ -44,17 +45,20 @@ def info_lines(rec: dict, folder: str | Path) -> list[str]:
         patterns = [f"{k} {','.join(qt[k])}" for k in ("include", "exclude") if qt.get(k)]
         if patterns:
             lines.append(f"patterns       {'; '.join(patterns)}")
+    frozen = c.get("frozen", 0)
     lines += [
         f"trainable      {c['trainable_params']:,} (angles {c['angles']}, mapping "
-        f"{c['mapping']}, scaling {c['scaling']}, classical {c['classical']})",
+        f"{c['mapping']}, scaling {c['scaling']}, classical {c['classical']})"
+        + (f"; frozen {frozen:,} (stored, not trained)" if frozen else ""),
         f"ratio          {c['compression_ratio']:.2f}x ({c['target_params']:,} -> "
-        f"{c['trainable_params']:,})",
+        f"{c['trainable_params'] + frozen:,})",
         f"files          {ckpt.COMPRESSED} {_size(folder / ckpt.COMPRESSED)}, "
         f"{ckpt.MODEL} {_size(folder / ckpt.MODEL)}",
     ]
     d = rec.get("data", {})
     if d:
-        lines.append(f"data           {d.get('spec') or 'in-memory'} ({d.get('task')}): "
+        lines.append(f"data           {d.get('spec') or 'in-memory'} ({d.get('task')}"
+                     + (", labelled by MODEL" if d.get("labels") == "teacher" else "") + "): "
                      f"{d.get('train_size', 0):,} train / {d.get('test_size', 0):,} test, input "
                      f"{tuple(d.get('input_shape') or ())}")
     if tr:
@@ -70,6 +74,10 @@ def info_lines(rec: dict, folder: str | Path) -> list[str]:
     original = m.get("original")
     if original and original.get("test_accuracy") is not None:
         lines.append(f"original MODEL {original['test_accuracy']:.2%} test accuracy")
+    if m.get("init_fit") and "steps" in m["init_fit"]:
+        lines.append("init           " + init_fit_line(m["init_fit"]))
+    if m.get("agreement"):
+        lines.append("agreement      " + agreement_line(m["agreement"]))
     if rec.get("created"):
         lines.append(f"created        {rec['created']}")
     lines.append("versions       " + ", ".join(f"{k} {v}" for k, v in rec["versions"].items() if v))
@@ -85,3 +93,25 @@ def gradient_line(rec: dict) -> str:
         line += f", pennylane {qt.get('pl_device')}"
     runs = rec.get("metrics", {}).get("circuit_executions")
     return line + (f"; {runs:,} circuit executions" if runs is not None else "")
+
+
+def init_fit_line(r: dict) -> str:
+    """One line on ``--init fit``: its fit error per tensor and the accuracy it starts from."""
+    if "steps" not in r:
+        return "init fit: done before the run was interrupted (no report kept)"
+    per = r["relative_l2"].values()
+    line = (f"init fit ({r['steps']} steps, {r['seconds']:.1f} s): relative L2 "
+            f"{r['relative_l2_overall']:.3f} overall (was {r['relative_l2_before']:.3f}), per "
+            f"tensor {min(per):.3f}-{max(per):.3f} (mean {r['relative_l2_mean']:.3f})")
+    if r.get("test_accuracy") is not None:
+        return line + (f"; test accuracy {r['before']['test_accuracy']:.2%} -> "
+                       f"{r['test_accuracy']:.2%} before task training")
+    return line + (f"; test loss {r['before']['test_loss']:.4g} -> {r['test_loss']:.4g} before "
+                   "task training")
+
+
+def agreement_line(a: dict) -> str:
+    """Agreement with the original MODEL on the test split."""
+    if "top1" in a:
+        return f"agreement with MODEL: top-1 {a['top1']:.2%}, mean KL {a['kl']:.4f} nats"
+    return f"agreement with MODEL: output MSE {a['mse']:.4g}"

@@ -15,7 +15,16 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .config import CompressConfig, QTConfig, TrainConfig, to_dict
+from .config import (
+    DISTILL_OPTS,
+    INIT_OPTS,
+    CompressConfig,
+    DistillConfig,
+    InitConfig,
+    QTConfig,
+    TrainConfig,
+    to_dict,
+)
 from .errors import QTrainError
 
 OPTIONS = "sweep-options.json"  # in every subfolder: what it was made with
@@ -31,15 +40,17 @@ def build_config(opts: dict, ansatz: str, blocks: int, qubits: int | None) -> Co
     """A :class:`CompressConfig` from ``qtrain compress`` option values, by field name."""
     qt_fields = {f.name for f in dataclasses.fields(QTConfig)}
     tr_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = [k for k, v in opts.items() if k not in qt_fields | tr_fields | set(TARGET_OPTS)
-               and v not in (None, False, ())]
+    known = qt_fields | tr_fields | set(TARGET_OPTS) | set(DISTILL_OPTS) | set(INIT_OPTS)
+    unknown = [k for k, v in opts.items() if k not in known and v not in (None, False, ())]
     if unknown:
         raise QTrainError(f"qtrain sweep cannot pass on --{unknown[0].replace('_', '-')}: run "
                           "qtrain compress for that setting")
     qt = {k: v for k, v in opts.items() if k in qt_fields}
     qt.update(ansatz=ansatz, blocks=blocks, qubits=qubits)
-    return CompressConfig(QTConfig(**qt), TrainConfig(**{k: v for k, v in opts.items()
-                                                         if k in tr_fields}))
+    return CompressConfig(
+        QTConfig(**qt), TrainConfig(**{k: v for k, v in opts.items() if k in tr_fields}),
+        DistillConfig(**{f: opts[k] for k, f in DISTILL_OPTS.items() if k in opts}),
+        InitConfig(**{f: opts[k] for k, f in INIT_OPTS.items() if k in opts}))
 
 
 def _signature(model, opts: dict, cfg: CompressConfig) -> dict:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from . import checkpoint as ckpt
 from . import distributed
 from .config import TrainConfig
+from .data import inputs_of
 from .errors import QTrainError
 from .quantum_train import QuantumTrain
 from .resume import StopOnSignal, TrainingInterrupted, load_state, rng_state, save_state, set_rng_state
@@ -43,7 +44,7 @@ def batches(ds: Dataset, batch_size: int, gen: torch.Generator | None, device):
             yield tuple(t[idx].to(device) for t in ds.tensors[:2])
     else:
         loader = DataLoader(ds, batch_size=batch_size, shuffle=gen is not None, generator=gen)
-        for x, y in loader:
+        for x, y, *_ in loader:
             yield x.to(device), y.to(device)
 
 
@@ -55,9 +56,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_fit(qt: QuantumTrain, ds: Dataset, task: str) -> None:
-    """Run one tiny batch; on failure, name the layer that failed and the data's shape."""
-    x, y = next(batches(ds, 2, None, "cpu"))
+def check_fit(qt: QuantumTrain, ds: Dataset, task: str | None) -> None:
+    """Run one tiny batch; on failure, name the layer that failed and the data's shape.
+
+    ``task`` ``None`` (data without labels) checks the forward pass alone.
+    """
+    x = inputs_of(ds, 0, min(2, len(ds)))
     running: list[str] = []
     names = {m: n or type(m).__name__ for n, m in qt.target.named_modules()}
 
@@ -84,6 +88,9 @@ def check_fit(qt: QuantumTrain, ds: Dataset, task: str) -> None:
     if not isinstance(out, torch.Tensor):
         raise QTrainError(f"the model returns {type(out).__name__}; qtrain trains models that "
                           "return one tensor: wrap it in a module that does")
+    if task is None:
+        return
+    y = next(batches(ds, 2, None, "cpu"))[1]
     if task == "classification" and isinstance(ds, TensorDataset):
         classes = out.shape[-1] if out.dim() > 1 else 1
         top = int(ds.tensors[1].max())
@@ -133,12 +140,17 @@ def _restore(qt: QuantumTrain, snap: dict) -> None:
 
 def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
         out: Path | None = None, resume: bool = False,
-        on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        on_epoch: Callable[[dict], None] | None = None,
+        criterion: Callable[..., torch.Tensor] | None = None) -> list[dict]:
     """Train ``qt`` on ``train_ds``, evaluating on ``test_ds`` each epoch; keep the best epoch.
 
     Under torchrun each rank trains on its share of every global batch of ``cfg.batch_size``
     (see :mod:`qtrain.distributed`). Rank 0 writes the resumable state after every epoch, and on
     Ctrl-C after the current step.
+
+    ``criterion(out, y, *extra)`` is the training loss (default: cross-entropy or MSE to the
+    labels), where ``extra`` holds any further columns of the data set (the teacher's outputs
+    under distillation). The per-epoch test loss is always the label loss.
 
     Returns the per-epoch history (also written to ``metrics.jsonl`` when ``out`` is given).
     """
@@ -147,6 +159,7 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
     ctx = distributed.current()
     device = resolve_device(cfg.device)
     task = task_of(train_ds)
+    criterion = criterion or (lambda o, y, *_: loss_of(o, y, task))
     qt.to(device)
     opt = torch.optim.Adam(qt.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "cosine":
@@ -224,8 +237,8 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
                     opt.zero_grad(set_to_none=True)
                     x = None
                     if len(idx):
-                        x, y = distributed.fetch(train_ds, idx, device)
-                        loss = loss_of(qt(x), y, task)
+                        x, y, *extra = distributed.fetch(train_ds, idx, device)
+                        loss = criterion(qt(x), y, *extra)
                         if ctx.parallel:  # this rank's share of the global mean
                             loss = loss * (len(idx) / size)
                         loss.backward()

@@ -164,3 +164,26 @@ def test_nproc_errors(capsys, monkeypatch, check_error):
     monkeypatch.setenv("RANK", "0")
     rc = main(["compress", "--nproc", "3"])
     check_error(rc, capsys.readouterr().err, "--nproc 3", "2 processes")
+
+
+def test_two_processes_match_one_under_distillation(npz, tmp_path):
+    """--distill under --nproc 2: each rank's share of the teacher term adds up to the
+    one-process loss, as the label loss does."""
+    from qtrain.baseline import train_classical
+    from qtrain.data import load_data
+    from qtrain.models import mlp
+
+    torch.manual_seed(0)
+    net = mlp(hidden=8)
+    train_classical(net, *load_data(str(npz)), 10, 15, 1e-2, 0)
+    teacher = tmp_path / "teacher.pt"
+    torch.save(net.state_dict(), teacher)
+    args = [*BASE[:1], str(teacher), *BASE[1:], "--distill", "--data", str(npz), "--epochs", "6"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    proc = run([*args, "--out", tmp_path / "two", "--nproc", "2"])
+    assert proc.returncode == 0, proc.stderr
+    one, par = rows(tmp_path / "one"), rows(tmp_path / "two")
+    for a, b in zip(one, par, strict=True):
+        for key in COMPARED:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["epoch"], key)
+    assert one[-1]["train_loss"] < one[0]["train_loss"]

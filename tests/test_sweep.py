@@ -88,13 +88,13 @@ def test_sweep_interrupted_loses_only_the_combination_in_flight(tmp_path, capsys
     real_fit = compress_mod.fit
     calls = {"n": 0}
 
-    def fit(qt, train_ds, test_ds, cfg, out=None, resume=False, on_epoch=None):
+    def fit(qt, train_ds, test_ds, cfg, out=None, resume=False, on_epoch=None, **kw):
         calls["n"] += 1
 
         def boom(row):
             if calls["n"] == 2 and row["epoch"] == 2:
                 raise KeyboardInterrupt
-        return real_fit(qt, train_ds, test_ds, cfg, out, resume, on_epoch=boom)
+        return real_fit(qt, train_ds, test_ds, cfg, out, resume, on_epoch=boom, **kw)
 
     monkeypatch.setattr(compress_mod, "fit", fit)
     out = tmp_path / "s"
