@@ -27,11 +27,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "mnist-ry-L8.toml"
+# (label, folder, from the teacher?, flags); rows 4+ are ablations, run with --only
 ROWS = [
-    ("from scratch (labels)", None, []),
-    ("distill", "teacher", ["--distill"]),
-    ("init fit (labels)", "teacher", ["--init", "fit"]),
-    ("init fit + distill", "teacher", ["--init", "fit", "--distill"]),
+    ("from scratch (labels)", "from-scratch", None, []),
+    ("distill", "distill", "teacher", ["--distill"]),
+    ("init fit (labels)", "init-fit", "teacher", ["--init", "fit"]),
+    ("init fit + distill", "init-fit+distill", "teacher", ["--init", "fit", "--distill"]),
+    ("distill, alpha 0.9", "distill-a0.9", "teacher", ["--distill", "--distill-alpha", "0.9"]),
+    ("distill, alpha 1 (no labels used)", "distill-a1", "teacher",
+     ["--distill", "--distill-alpha", "1"]),
+    ("distill, T 2", "distill-T2", "teacher", ["--distill", "--temperature", "2"]),
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -64,8 +69,9 @@ def teacher(data: str, out: Path, epochs: int, seed: int = 0) -> dict:
     return result
 
 
-def run(label: str, model: str | None, flags: list[str], seed: int, args, teacher_pt: Path) -> dict:
-    folder = args.out / f"{label.split(' (')[0].replace(' + ', '+').replace(' ', '-')}-s{seed}"
+def run(label: str, name: str, model: str | None, flags: list[str], seed: int, args,
+        teacher_pt: Path) -> dict:
+    folder = args.out / f"{name}-s{seed}"
     cmd = [sys.executable, "-m", "qtrain", "compress"]
     if model:
         cmd += [str(teacher_pt), "--arch", "toolkit_cnn"]
@@ -116,7 +122,7 @@ def table(results: list[dict], teacher_info: dict) -> str:
              "start acc after fit | fit rel. L2 |", "|---|---|---|---|---|---|---|",
              f"| original MODEL (classical) | {teacher_info['params']:,} | "
              f"{teacher_info['test_accuracy']:.2%} | 100% | 0 | - | - |"]
-    for label, _, _ in ROWS:
+    for label, *_ in ROWS:
         rows = [r for r in results if r["row"] == label]
         if rows:
             lines.append(f"| {label} | {rows[0]['trainable_params']:,} | "
@@ -133,7 +139,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--teacher-epochs", type=int, default=50)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "distill-mnist")
-    ap.add_argument("--only", default=None, help="Comma list of row numbers (0-3).")
+    ap.add_argument("--only", default=None,
+                    help=f"Comma list of row numbers (0-{len(ROWS) - 1}) [0,1,2,3].")
     ap.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
     args = ap.parse_args()
     if not Path(args.data).exists():
@@ -141,11 +148,11 @@ def main() -> None:
     info = teacher(args.data, args.out, args.teacher_epochs)
     print(f"teacher: toolkit_cnn, {info['params']:,} params, {info['test_accuracy']:.2%} test "
           f"accuracy (epoch {info['best_epoch']}/{info['epochs']})", flush=True)
-    rows = [ROWS[int(i)] for i in args.only.split(",")] if args.only else ROWS
+    rows = [ROWS[int(i)] for i in args.only.split(",")] if args.only else ROWS[:4]
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        for label, model, flags in rows:
-            r = run(label, model, flags, seed, args, args.out / "teacher.pt")
+        for label, name, model, flags in rows:
+            r = run(label, name, model, flags, seed, args, args.out / "teacher.pt")
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if k != "fit_relative_l2_per_tensor"}),
                   flush=True)

@@ -387,8 +387,18 @@ def _report(line: str) -> None:
     """Print the one error line; under a --nproc launch, tell the launcher it has been said."""
     click.echo(line, err=True)
     flag = os.environ.get("QTRAIN_REPORTED")
-    if flag and int(os.environ.get("RANK", "0")) == 0:
+    if not flag:
+        return
+    if int(os.environ.get("RANK", "0")) == 0:
         Path(flag).touch()
+        return
+    # another rank hit the same error: give rank 0 time to say why before this exit makes
+    # torchrun stop it (a loaded machine can otherwise let the generic worker line win)
+    import time
+
+    deadline = time.monotonic() + 10
+    while not Path(flag).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def main(argv=None) -> int:

@@ -294,3 +294,26 @@ def test_api_module_is_the_teacher_when_distilling(teacher):
     result = qtrain.compress(net, "digits", cfg)
     assert result.metrics["original"]["test_accuracy"] == pytest.approx(teacher["accuracy"])
     assert 0 <= result.metrics["agreement"]["top1"] <= 1
+
+
+def test_regression_model_distils_by_mse_without_labels(tmp_path, capsys):
+    """A one-output model on inputs alone: auto task is regression, the teacher's outputs are
+    the targets, agreement is the output MSE."""
+    from qtrain.models import mlp
+
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 64), dtype=np.float32)
+    torch.manual_seed(0)
+    net = mlp(hidden=8, num_classes=1)
+    teacher_pt = tmp_path / "reg.pt"
+    torch.save(net.state_dict(), teacher_pt)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "run"
+    rc, _, err = _cli(capsys, "compress", teacher_pt, "--arch", "mlp", "--arch-kwargs",
+                      '{"hidden": 8, "num_classes": 1}', "--distill", "--data", tmp_path / "x.npz",
+                      *QUICK, "--out", out)
+    assert rc == 0, err
+    rec = json.loads((out / "qtrain.json").read_text())
+    assert rec["data"]["task"] == "regression" and rec["data"]["labels"] == "teacher"
+    assert rec["metrics"]["test_accuracy"] is None
+    assert rec["metrics"]["agreement"]["mse"] == pytest.approx(rec["metrics"]["test_loss"], rel=1e-4)
