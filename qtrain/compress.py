@@ -20,7 +20,6 @@ from .data import check_finite, has_labels, load_data
 from .distill import (
     DistillLoss,
     agreement_on,
-    frozen_copy,
     infer_task,
     require_trained,
     teacher_outputs,
@@ -148,20 +147,21 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
     device = resolve_device(cfg.train.device)
     ctx = distributed.setup(cfg.train.device)  # joins torchrun's process group, if any
     torch.manual_seed(cfg.train.seed)
-    teacher = frozen_copy(target.module) if target.trained else None
     qt = QuantumTrain(target.module, cfg.qt)
     task = task_of(train_ds) if labelled else None
     check_fit(qt, train_ds, task)
+    # the teacher is MODEL itself, run in eval mode before any training touches its buffers
+    # or materialize() overwrites its weights: its outputs are all distillation needs
     criterion, teacher_test = None, None
     if distill:
-        teacher_train = teacher_outputs(teacher, train_ds, device)
-        teacher_test = teacher_outputs(teacher, test_ds, device)
+        teacher_train = teacher_outputs(target.module, train_ds, device)
+        teacher_test = teacher_outputs(target.module, test_ds, device)
         task = task or infer_task(teacher_train, cfg.distill.task)
         train_ds = with_teacher(train_ds, teacher_train, task)
         test_ds = with_teacher(test_ds, teacher_test, task)
         criterion = DistillLoss(cfg.distill, task)
-    elif teacher is not None:
-        teacher_test = teacher_outputs(teacher, test_ds, device)
+    elif target.trained:
+        teacher_test = teacher_outputs(target.module, test_ds, device)
     counts = qt.counts()
     if out == "auto":
         out = default_out(target.name, qt)

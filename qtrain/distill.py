@@ -3,8 +3,6 @@ as labels when the data has none, and how closely another model agrees with it."
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,14 +11,6 @@ from torch.utils.data import Dataset, TensorDataset
 from .config import DistillConfig
 from .data import has_labels, inputs_of
 from .errors import QTrainError
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """The teacher: a copy of ``model`` in eval mode that training the student cannot touch."""
-    teacher = copy.deepcopy(model).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
 
 
 @torch.no_grad()

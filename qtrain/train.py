@@ -73,6 +73,8 @@ def check_fit(qt: QuantumTrain, ds: Dataset, task: str | None) -> None:
 
     hooks = [m.register_forward_pre_hook(pre) for m in names]
     hooks += [m.register_forward_hook(post) for m in names]
+    was_training = qt.training
+    qt.eval()  # a probe: it must not move BatchNorm statistics
     try:
         with torch.no_grad():
             out = qt(x)
@@ -83,6 +85,7 @@ def check_fit(qt: QuantumTrain, ds: Dataset, task: str | None) -> None:
         raise QTrainError(f"data of shape {tuple(x.shape[1:])} does not fit the model: layer "
                           f"{layer!r} ({kind}) failed: {msg}") from exc
     finally:
+        qt.train(was_training)
         for h in hooks:
             h.remove()
     if not isinstance(out, torch.Tensor):

@@ -317,3 +317,38 @@ def test_regression_model_distils_by_mse_without_labels(tmp_path, capsys):
     assert rec["data"]["task"] == "regression" and rec["data"]["labels"] == "teacher"
     assert rec["metrics"]["test_accuracy"] is None
     assert rec["metrics"]["agreement"]["mse"] == pytest.approx(rec["metrics"]["test_loss"], rel=1e-4)
+
+
+BN_NET = '''\
+from torch import nn
+
+
+def bn_net():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Linear(16, 10))
+'''
+
+
+def test_batchnorm_teacher_is_scored_with_its_own_statistics(tmp_path, capsys):
+    """Nothing before training (the shape probe included) moves MODEL's BatchNorm statistics:
+    the recorded original score is the trained model's own."""
+    from qtrain.baseline import score, train_classical
+
+    (tmp_path / "bn.py").write_text(BN_NET)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bn_for_test", tmp_path / "bn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    net = module.bn_net()
+    train, test = load_data("digits", seed=0)
+    train_classical(net, train, test, 5, 64, 1e-2, 0)
+    torch.save(net.state_dict(), tmp_path / "bn.pt")
+    expected = score(net, test, "classification")
+    rc, _, err = _cli(capsys, "compress", tmp_path / "bn.pt", "--arch", f"{tmp_path / 'bn.py'}:bn_net",
+                      "--distill", *QUICK, "--out", tmp_path / "run")
+    assert rc == 0, err
+    original = json.loads((tmp_path / "run" / "qtrain.json").read_text())["metrics"]["original"]
+    assert original["test_loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert original["test_accuracy"] == pytest.approx(expected["accuracy"])
