@@ -60,14 +60,13 @@ class RyPlan:
         self.perm = perm.to(device)
         self.inverse = torch.argsort(self.perm)
         longest = max(length for _, length in self.groups)
-        # one gather for all factors: each group's codes, padded with a constant 1 (index 3n)
-        pad = 3 * qubits
+        # one gather for all factors from a table of rows cos (q), sin (n + q), -sin (2n + q)
+        # and a constant 1 (3n) that pads the shorter groups
         parts, self.sizes = [], []
         for start, length in self.groups:
-            code = _entry_index(length)
-            idx = 3 * (start + torch.arange(length))[:, None] + code
+            idx = _entry_index(length) * qubits + (start + torch.arange(length))[:, None]
             if length < longest:
-                idx = torch.cat([idx, torch.full((longest - length, idx.shape[1]), pad)])
+                idx = torch.cat([idx, torch.full((longest - length, idx.shape[1]), 3 * qubits)])
             parts.append(idx)
             self.sizes.append(2**length)
         self.gather = torch.cat(parts, 1).to(device)  # (longest, sum 4^g)
@@ -81,64 +80,68 @@ class RyPlan:
         return self.signs[key]
 
     def factors(self, theta: torch.Tensor) -> list[torch.Tensor]:
-        """Per group, its factor for every block and angle set: (B, L, 2^g, 2^g)."""
-        half = theta * 0.5
+        """Per group, its factor for every block and angle set: (L, B, 2^g, 2^g)."""
+        batch, blocks, n = theta.shape
+        half = theta.transpose(0, 1).reshape(-1, n).t() * 0.5
         c, s = torch.cos(half), torch.sin(half)
-        table = torch.stack([c, s, -s], -1).flatten(-2)  # (B, L, 3n)
-        table = torch.cat([table, torch.ones_like(table[..., :1])], -1)
-        entries = table.index_select(-1, self.gather.flatten()).unflatten(-1, self.gather.shape)
-        flat = entries.prod(-2)  # (B, L, sum 4^g)
+        table = torch.cat([c, s, -s, torch.ones_like(c[:1])])  # (3n + 1, B L)
+        entries = table.index_select(0, self.gather.flatten()).view(*self.gather.shape, -1)
+        flat = entries.prod(0).t().contiguous().view(blocks, batch, -1)
         return [f.unflatten(-1, (s, s)) for f, s in
                 zip(flat.split([s * s for s in self.sizes], -1), self.sizes, strict=True)]
 
 
-def _layer(x: torch.Tensor, factors, outs: list | None = None) -> torch.Tensor:
-    """Apply one rotation layer to x (B, 2^n), last group first (see the module docstring)."""
-    batch = x.shape[0]
-    for f in reversed(factors):
-        x = torch.bmm(f, x.view(batch, -1, f.shape[-1]).transpose(1, 2))
-        if outs is not None:
-            outs.append(x)
-        x = x.view(batch, -1)
-    return x
+def _permute(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x[:, index] for x (B, 2^n); a 1-D gather when B is 1 (measurably cheaper)."""
+    if x.shape[0] == 1:
+        flat = None if out is None else out.view(-1)
+        return torch.index_select(x.view(-1), 0, index, out=flat).view(1, -1)
+    return torch.index_select(x, 1, index, out=out)
 
 
 def ry_forward(theta: torch.Tensor, plan: RyPlan, keep: bool):
-    """The final state (B, 2^n) for angles (B, L, n); with ``keep``, also every factor and the
-    output of every factor application, for :func:`ry_backward`."""
+    """The final state (B, 2^n) for angles (B, L, n). With ``keep``, also what
+    :func:`ry_backward` needs: the factors, and the output of every factor application, one
+    (L, B, 2^n) buffer per group."""
     batch, blocks = theta.shape[0], theta.shape[1]
-    factors = [f.unbind(1) for f in plan.factors(theta)]
-    per_block = list(zip(*factors, strict=True))
-    x = torch.zeros(batch, 2**plan.qubits, dtype=theta.dtype, device=theta.device)
+    factors = plan.factors(theta)
+    dim = 2**plan.qubits
+    kept = [theta.new_empty(blocks, batch, dim) for _ in factors] if keep else None
+    x = theta.new_zeros(batch, dim)
     x[:, 0] = 1
-    kept = []
     for b in range(blocks):
         if b:
-            x = x.index_select(1, plan.perm)
-        outs = [] if keep else None
-        x = _layer(x, per_block[b], outs)
-        kept.append(outs)
-    return x.index_select(1, plan.perm), per_block, kept
+            x = _permute(x, plan.perm)
+        for g in reversed(range(len(factors))):
+            f = factors[g][b]
+            size = f.shape[-1]
+            out = None if kept is None else kept[g][b].view(batch, size, -1)
+            x = torch.bmm(f, x.view(batch, -1, size).transpose(1, 2), out=out).view(batch, -1)
+    return _permute(x, plan.perm), factors, kept
 
 
-def ry_backward(lam: torch.Tensor, plan: RyPlan, per_block, kept) -> torch.Tensor:
+def ry_backward(lam: torch.Tensor, plan: RyPlan, factors, kept) -> torch.Tensor:
     """dL/dtheta (B, L, n) from lam = dL/dpsi (B, 2^n) of the final state."""
-    batch, groups = lam.shape[0], plan.groups
-    count, blocks = len(groups), len(kept)
-    lam = lam.index_select(1, plan.inverse)
-    cs = [lam.new_empty(blocks, batch, 2**ln, 2**ln) for _, ln in groups]
+    batch, count, blocks = lam.shape[0], len(factors), kept[0].shape[0]
+    grads = [torch.empty_like(y) for y in kept]  # dL/d(each factor's output)
+    _permute(lam, plan.inverse, out=grads[0][blocks - 1])
     for b in reversed(range(blocks)):
-        outs, fs = kept[b], per_block[b]
         for g in range(count):  # the reverse of the forward's order: group 0 first
-            y = outs[count - 1 - g]  # (B, 2^g, rest), this factor's output
-            mu = lam.view(y.shape)
-            torch.bmm(mu, y.transpose(1, 2), out=cs[g][b])
-            if b or g < count - 1:
-                lam = torch.bmm(mu.transpose(1, 2), fs[g]).view(batch, -1)
-        if b:
-            lam = lam.index_select(1, plan.inverse)
-    grads = [c.flatten(2) @ plan.signs_for(ln, c.dtype) for c, (_, ln) in zip(cs, groups, strict=True)]
-    return torch.cat(grads, 2).transpose(0, 1)
+            f = factors[g][b]
+            size = f.shape[-1]
+            mu = grads[g][b].view(batch, size, -1)
+            if g + 1 < count:
+                torch.bmm(mu.transpose(1, 2), f, out=grads[g + 1][b].view(batch, -1, size))
+            elif b:
+                x = torch.bmm(mu.transpose(1, 2), f).view(batch, -1)
+                _permute(x, plan.inverse, out=grads[0][b - 1])
+    out = []
+    for g, (mu, y) in enumerate(zip(grads, kept, strict=True)):
+        size = factors[g].shape[-1]
+        mu, y = mu.view(-1, size, mu.shape[-1] // size), y.view(-1, size, y.shape[-1] // size)
+        c = torch.bmm(mu, y.transpose(1, 2)).flatten(1)  # C = sum mu y^T per block and batch row
+        out.append(c @ plan.signs_for(plan.groups[g][1], c.dtype))
+    return torch.cat(out, 1).view(blocks, batch, -1).transpose(0, 1)
 
 
 class RyProbs(torch.autograd.Function):
@@ -147,8 +150,8 @@ class RyProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, plan, work):
-        psi, per_block, kept = ry_forward(theta.to(work), plan, keep=ctx.needs_input_grad[0])
-        ctx.plan, ctx.per_block, ctx.kept, ctx.psi = plan, per_block, kept, psi
+        psi, factors, kept = ry_forward(theta.to(work), plan, keep=ctx.needs_input_grad[0])
+        ctx.plan, ctx.factors, ctx.kept, ctx.psi = plan, factors, kept, psi
         ctx.dtype = theta.dtype
         return (psi * psi).to(theta.dtype)
 
@@ -156,6 +159,6 @@ class RyProbs(torch.autograd.Function):
     def backward(ctx, grad_p):
         psi = ctx.psi
         lam = 2 * psi * grad_p.to(psi.dtype)
-        grad = ry_backward(lam, ctx.plan, ctx.per_block, ctx.kept)
-        ctx.per_block = ctx.kept = ctx.psi = None
+        grad = ry_backward(lam, ctx.plan, ctx.factors, ctx.kept)
+        ctx.factors = ctx.kept = ctx.psi = None
         return grad.to(ctx.dtype), None, None
