@@ -91,50 +91,80 @@ class RyPlan:
                 zip(flat.split([s * s for s in self.sizes], -1), self.sizes, strict=True)]
 
 
-def _permute(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """x[:, index] for x (B, 2^n); a 1-D gather when B is 1 (measurably cheaper)."""
-    if x.shape[0] == 1:
-        flat = None if out is None else out.view(-1)
-        return torch.index_select(x.view(-1), 0, index, out=flat).view(1, -1)
-    return torch.index_select(x, 1, index, out=out)
+def _gathers(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor):
+    """For every block b, a callable writing ``src[b][:, index]`` into ``dst[b]`` (both
+    (L, B, 2^n)); a 1-D gather when B is 1, which is measurably cheaper."""
+    if src.shape[1] == 1:
+        pairs = zip(src.view(src.shape[0], src.shape[2]).unbind(0),
+                    dst.view(dst.shape[0], dst.shape[2]).unbind(0),
+                    strict=True)
+        return [lambda s=s, d=d: torch.index_select(s, 0, index, out=d) for s, d in pairs]
+    pairs = zip(src.unbind(0), dst.unbind(0), strict=True)
+    return [lambda s=s, d=d: torch.index_select(s, 1, index, out=d) for s, d in pairs]
+
+
+def _views(buf: torch.Tensor, size: int, transpose: bool = False):
+    """Per block, ``buf[b]`` (B, 2^n) viewed as (B, size, rest), or as (B, rest, size)."""
+    blocks, batch, dim = buf.shape
+    if transpose:
+        return buf.view(blocks, batch, dim // size, size).unbind(0)
+    return buf.view(blocks, batch, size, dim // size).unbind(0)
 
 
 def ry_forward(theta: torch.Tensor, plan: RyPlan, keep: bool):
     """The final state (B, 2^n) for angles (B, L, n). With ``keep``, also what
     :func:`ry_backward` needs: the factors, and the output of every factor application, one
-    (L, B, 2^n) buffer per group."""
+    (L, B, 2^n) buffer per group (without it, one block's worth of buffers is reused)."""
     batch, blocks = theta.shape[0], theta.shape[1]
     factors = plan.factors(theta)
-    dim = 2**plan.qubits
-    kept = [theta.new_empty(blocks, batch, dim) for _ in factors] if keep else None
-    x = theta.new_zeros(batch, dim)
-    x[:, 0] = 1
+    count, dim = len(factors), 2**plan.qubits
+    slots = blocks if keep else 1
+    inputs = theta.new_zeros(slots, batch, dim)  # each block's input, after the ring
+    inputs[0, :, 0] = 1
+    outputs = [theta.new_empty(slots, batch, dim) for _ in factors]
+    ops = []  # per group: (factors, input views, output views), block by block
+    for g, f in enumerate(factors):
+        size = f.shape[-1]
+        src = inputs if g == count - 1 else outputs[g + 1]
+        ins = [v.transpose(1, 2) for v in _views(src, size, transpose=True)]
+        ops.append((f.unbind(0), ins, _views(outputs[g], size)))
+    ring = _gathers(outputs[0][:-1], inputs[1:], plan.perm) if keep else \
+        _gathers(outputs[0], inputs, plan.perm)
     for b in range(blocks):
+        slot = b if keep else 0
         if b:
-            x = _permute(x, plan.perm)
-        for g in reversed(range(len(factors))):
-            f = factors[g][b]
-            size = f.shape[-1]
-            out = None if kept is None else kept[g][b].view(batch, size, -1)
-            x = torch.bmm(f, x.view(batch, -1, size).transpose(1, 2), out=out).view(batch, -1)
-    return _permute(x, plan.perm), factors, kept
+            ring[b - 1 if keep else 0]()
+        for fs, ins, outs in reversed(ops):
+            torch.bmm(fs[b], ins[slot], out=outs[slot])
+    last = outputs[0][-1]
+    psi = last.view(-1).index_select(0, plan.perm).view(batch, -1) if batch == 1 else \
+        last.index_select(1, plan.perm)
+    return psi, factors, outputs if keep else None
 
 
 def ry_backward(lam: torch.Tensor, plan: RyPlan, factors, kept) -> torch.Tensor:
     """dL/dtheta (B, L, n) from lam = dL/dpsi (B, 2^n) of the final state."""
     batch, count, blocks = lam.shape[0], len(factors), kept[0].shape[0]
     grads = [torch.empty_like(y) for y in kept]  # dL/d(each factor's output)
-    _permute(lam, plan.inverse, out=grads[0][blocks - 1])
+    to_input = lam.new_empty(blocks, batch, lam.shape[1])  # dL/d(each block's input)
+    ops = []
+    for g, f in enumerate(factors):
+        size = f.shape[-1]
+        dst = to_input if g == count - 1 else grads[g + 1]
+        mus = [v.transpose(1, 2) for v in _views(grads[g], size)]
+        ops.append((f.unbind(0), mus, _views(dst, size, transpose=True)))
+    last = grads[0][-1]
+    if batch == 1:
+        torch.index_select(lam.view(-1), 0, plan.inverse, out=last.view(-1))
+    else:
+        torch.index_select(lam, 1, plan.inverse, out=last)
+    ring = _gathers(to_input[1:], grads[0][:-1], plan.inverse)
     for b in reversed(range(blocks)):
-        for g in range(count):  # the reverse of the forward's order: group 0 first
-            f = factors[g][b]
-            size = f.shape[-1]
-            mu = grads[g][b].view(batch, size, -1)
-            if g + 1 < count:
-                torch.bmm(mu.transpose(1, 2), f, out=grads[g + 1][b].view(batch, -1, size))
-            elif b:
-                x = torch.bmm(mu.transpose(1, 2), f).view(batch, -1)
-                _permute(x, plan.inverse, out=grads[0][b - 1])
+        for g, (fs, mus, dsts) in enumerate(ops):
+            if b or g < count - 1:
+                torch.bmm(mus[b], fs[b], out=dsts[b])
+        if b:
+            ring[b - 1]()
     out = []
     for g, (mu, y) in enumerate(zip(grads, kept, strict=True)):
         size = factors[g].shape[-1]
