@@ -16,6 +16,8 @@ How it is laid out (each choice measured in benchmarks/bench_circuit.py):
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
@@ -72,6 +74,7 @@ class RyPlan:
         self.gather = torch.cat(parts, 1).to(device)  # (longest, sum 4^g)
         self.signs = {}
         self.device = device
+        self._free: dict[tuple, list[Workspace]] = {}
 
     def signs_for(self, length: int, dtype: torch.dtype) -> torch.Tensor:
         key = (length, dtype)
@@ -79,16 +82,30 @@ class RyPlan:
             self.signs[key] = _sign_map(length).to(self.device, dtype)
         return self.signs[key]
 
-    def factors(self, theta: torch.Tensor) -> list[torch.Tensor]:
-        """Per group, its factor for every block and angle set: (L, B, 2^g, 2^g)."""
-        batch, blocks, n = theta.shape
+    def factors(self, theta: torch.Tensor, out: torch.Tensor) -> None:
+        """Every group's factor for every block and angle set of theta (B, L, n), written into
+        out (L, B, sum 4^g), each group's flattened after the previous one's."""
+        n = theta.shape[-1]
         half = theta.transpose(0, 1).reshape(-1, n).t() * 0.5
         c, s = torch.cos(half), torch.sin(half)
-        table = torch.cat([c, s, -s, torch.ones_like(c[:1])])  # (3n + 1, B L)
+        table = torch.cat([c, s, -s, torch.ones_like(c[:1])])  # (3n + 1, L B)
         entries = table.index_select(0, self.gather.flatten()).view(*self.gather.shape, -1)
-        flat = entries.prod(0).t().contiguous().view(blocks, batch, -1)
-        return [f.unflatten(-1, (s, s)) for f, s in
-                zip(flat.split([s * s for s in self.sizes], -1), self.sizes, strict=True)]
+        out.view(-1, out.shape[-1]).copy_(entries.prod(0).t())
+
+    def workspace(self, batch: int, blocks: int, dtype, keep: bool) -> Workspace:
+        """A free workspace of this shape; give it back with :meth:`release` when done."""
+        free = self._free.setdefault((batch, blocks, dtype, keep), [])
+        ws = free.pop() if free else Workspace(self, batch, blocks, dtype, keep)
+        ws.owner = None
+        return ws
+
+    def release(self, ws: Workspace) -> None:
+        if any(w is ws for free in self._free.values() for w in free):
+            return
+        if len(self._free) > 8:  # many shapes (parameter-shift chunks): keep memory bounded
+            self._free.clear()
+        key = (ws.inputs.shape[1], ws.factors.shape[0], ws.inputs.dtype, ws.keep)
+        self._free.setdefault(key, []).append(ws)
 
 
 def _gathers(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor):
@@ -96,11 +113,10 @@ def _gathers(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor):
     (L, B, 2^n)); a 1-D gather when B is 1, which is measurably cheaper."""
     if src.shape[1] == 1:
         pairs = zip(src.view(src.shape[0], src.shape[2]).unbind(0),
-                    dst.view(dst.shape[0], dst.shape[2]).unbind(0),
-                    strict=True)
-        return [lambda s=s, d=d: torch.index_select(s, 0, index, out=d) for s, d in pairs]
+                    dst.view(dst.shape[0], dst.shape[2]).unbind(0), strict=True)
+        return [partial(torch.index_select, s, 0, index, out=d) for s, d in pairs]
     pairs = zip(src.unbind(0), dst.unbind(0), strict=True)
-    return [lambda s=s, d=d: torch.index_select(s, 1, index, out=d) for s, d in pairs]
+    return [partial(torch.index_select, s, 1, index, out=d) for s, d in pairs]
 
 
 def _views(buf: torch.Tensor, size: int, transpose: bool = False):
@@ -111,67 +127,91 @@ def _views(buf: torch.Tensor, size: int, transpose: bool = False):
     return buf.view(blocks, batch, size, dim // size).unbind(0)
 
 
-def ry_forward(theta: torch.Tensor, plan: RyPlan, keep: bool):
-    """The final state (B, 2^n) for angles (B, L, n). With ``keep``, also what
-    :func:`ry_backward` needs: the factors, and the output of every factor application, one
-    (L, B, 2^n) buffer per group (without it, one block's worth of buffers is reused)."""
-    batch, blocks = theta.shape[0], theta.shape[1]
-    factors = plan.factors(theta)
-    count, dim = len(factors), 2**plan.qubits
-    slots = blocks if keep else 1
-    inputs = theta.new_zeros(slots, batch, dim)  # each block's input, after the ring
-    inputs[0, :, 0] = 1
-    outputs = [theta.new_empty(slots, batch, dim) for _ in factors]
-    ops = []  # per group: (factors, input views, output views), block by block
-    for g, f in enumerate(factors):
-        size = f.shape[-1]
-        src = inputs if g == count - 1 else outputs[g + 1]
-        ins = [v.transpose(1, 2) for v in _views(src, size, transpose=True)]
-        ops.append((f.unbind(0), ins, _views(outputs[g], size)))
-    ring = _gathers(outputs[0][:-1], inputs[1:], plan.perm) if keep else \
-        _gathers(outputs[0], inputs, plan.perm)
-    for b in range(blocks):
-        slot = b if keep else 0
-        if b:
-            ring[b - 1 if keep else 0]()
-        for fs, ins, outs in reversed(ops):
-            torch.bmm(fs[b], ins[slot], out=outs[slot])
-    last = outputs[0][-1]
-    psi = last.view(-1).index_select(0, plan.perm).view(batch, -1) if batch == 1 else \
-        last.index_select(1, plan.perm)
-    return psi, factors, outputs if keep else None
+class Workspace:
+    """The buffers of one ry evaluation and every view of them, built once and reused by later
+    calls of the same shape (building the views costs more than the arithmetic at 13 qubits).
+
+    With ``keep`` (a differentiable call) every factor application's output is kept, one
+    (L, B, 2^n) buffer per group, for :meth:`backward`; without it, one block's worth is reused.
+    """
+
+    def __init__(self, plan: RyPlan, batch: int, blocks: int, dtype, keep: bool):
+        self.plan, self.keep, self.owner = plan, keep, None
+        dev, dim, count = plan.device, 2**plan.qubits, len(plan.groups)
+        slots = blocks if keep else 1
+        new = partial(torch.empty, dtype=dtype, device=dev)
+        self.factors = new(blocks, batch, sum(s * s for s in plan.sizes))
+        factors = [f.unflatten(-1, (s, s)) for f, s in
+                   zip(self.factors.split([s * s for s in plan.sizes], -1), plan.sizes, strict=True)]
+        self.inputs = new(slots, batch, dim)  # each block's input, after the ring
+        self.outputs = [new(slots, batch, dim) for _ in range(count)]
+        self.forward_ops = []  # per group, last first: (factors, input views, output views)
+        for g in reversed(range(count)):
+            size = plan.sizes[g]
+            src = self.inputs if g == count - 1 else self.outputs[g + 1]
+            ins = [v.transpose(1, 2) for v in _views(src, size, transpose=True)]
+            self.forward_ops.append((factors[g].unbind(0), ins, _views(self.outputs[g], size)))
+        if keep:
+            self.ring = _gathers(self.outputs[0][:-1], self.inputs[1:], plan.perm)
+            self._backward_buffers(factors, batch, blocks)
+        else:
+            self.ring = _gathers(self.outputs[0], self.inputs, plan.perm) * blocks
+
+    def _backward_buffers(self, factors, batch: int, blocks: int):
+        plan, count = self.plan, len(self.outputs)
+        self.grads = [torch.empty_like(y) for y in self.outputs]  # dL/d(each factor's output)
+        to_input = torch.empty_like(self.inputs)  # dL/d(each block's input)
+        self.backward_ops = []  # per group, first first: (mu^T views, factors, destinations)
+        for g in range(count):
+            size = plan.sizes[g]
+            dst = to_input if g == count - 1 else self.grads[g + 1]
+            mus = [v.transpose(1, 2) for v in _views(self.grads[g], size)]
+            self.backward_ops.append((mus, factors[g].unbind(0), _views(dst, size, transpose=True)))
+        self.ring_back = _gathers(to_input[1:], self.grads[0][:-1], plan.inverse)
+        self.pairs = []  # per group: mu and y of every block as (L B, size, rest), and its signs
+        for g, (mu, y) in enumerate(zip(self.grads, self.outputs, strict=True)):
+            size = plan.sizes[g]
+            self.pairs.append((mu.view(-1, size, mu.shape[-1] // size),
+                               y.view(-1, size, y.shape[-1] // size).transpose(1, 2),
+                               plan.signs_for(plan.groups[g][1], y.dtype)))
+        self.last_grad = self.grads[0][-1]
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        """The final state (B, 2^n) of angles (B, L, n), a new tensor."""
+        self.plan.factors(theta, out=self.factors)
+        self.inputs[0].zero_()
+        self.inputs[0, :, 0] = 1
+        keep, ring = self.keep, self.ring
+        for b in range(theta.shape[1]):
+            slot = b if keep else 0
+            if b:
+                ring[b - 1]()
+            for fs, ins, outs in self.forward_ops:
+                torch.bmm(fs[b], ins[slot], out=outs[slot])
+        return _permute(self.outputs[0][-1], self.plan.perm)
+
+    def backward(self, lam: torch.Tensor) -> torch.Tensor:
+        """dL/dtheta (B, L, n) from lam = dL/dpsi (B, 2^n) of the final state."""
+        blocks, batch = self.inputs.shape[0], lam.shape[0]
+        _permute(lam, self.plan.inverse, out=self.last_grad)
+        ops, last = self.backward_ops, len(self.backward_ops) - 1
+        for b in reversed(range(blocks)):
+            for g, (mus, fs, dsts) in enumerate(ops):
+                if b or g < last:
+                    torch.bmm(mus[b], fs[b], out=dsts[b])
+            if b:
+                self.ring_back[b - 1]()
+        # C = sum mu y^T per group, block and batch row; the angles' gradient is linear in it
+        grads = [torch.bmm(mu, y).flatten(1) @ signs for mu, y, signs in self.pairs]
+        return torch.cat(grads, 1).view(blocks, batch, -1).transpose(0, 1)
 
 
-def ry_backward(lam: torch.Tensor, plan: RyPlan, factors, kept) -> torch.Tensor:
-    """dL/dtheta (B, L, n) from lam = dL/dpsi (B, 2^n) of the final state."""
-    batch, count, blocks = lam.shape[0], len(factors), kept[0].shape[0]
-    grads = [torch.empty_like(y) for y in kept]  # dL/d(each factor's output)
-    to_input = lam.new_empty(blocks, batch, lam.shape[1])  # dL/d(each block's input)
-    ops = []
-    for g, f in enumerate(factors):
-        size = f.shape[-1]
-        dst = to_input if g == count - 1 else grads[g + 1]
-        mus = [v.transpose(1, 2) for v in _views(grads[g], size)]
-        ops.append((f.unbind(0), mus, _views(dst, size, transpose=True)))
-    last = grads[0][-1]
-    if batch == 1:
-        torch.index_select(lam.view(-1), 0, plan.inverse, out=last.view(-1))
-    else:
-        torch.index_select(lam, 1, plan.inverse, out=last)
-    ring = _gathers(to_input[1:], grads[0][:-1], plan.inverse)
-    for b in reversed(range(blocks)):
-        for g, (fs, mus, dsts) in enumerate(ops):
-            if b or g < count - 1:
-                torch.bmm(mus[b], fs[b], out=dsts[b])
-        if b:
-            ring[b - 1]()
-    out = []
-    for g, (mu, y) in enumerate(zip(grads, kept, strict=True)):
-        size = factors[g].shape[-1]
-        mu, y = mu.view(-1, size, mu.shape[-1] // size), y.view(-1, size, y.shape[-1] // size)
-        c = torch.bmm(mu, y.transpose(1, 2)).flatten(1)  # C = sum mu y^T per block and batch row
-        out.append(c @ plan.signs_for(plan.groups[g][1], c.dtype))
-    return torch.cat(out, 1).view(blocks, batch, -1).transpose(0, 1)
+def _permute(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x[:, index] for x (B, 2^n)."""
+    if x.shape[0] == 1:
+        flat = None if out is None else out.view(-1)
+        return torch.index_select(x.view(-1), 0, index, out=flat).view(1, -1)
+    return torch.index_select(x, 1, index, out=out)
 
 
 class RyProbs(torch.autograd.Function):
@@ -180,15 +220,22 @@ class RyProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, plan, work):
-        psi, factors, kept = ry_forward(theta.to(work), plan, keep=ctx.needs_input_grad[0])
-        ctx.plan, ctx.factors, ctx.kept, ctx.psi = plan, factors, kept, psi
-        ctx.dtype = theta.dtype
+        keep = ctx.needs_input_grad[0]
+        ws = plan.workspace(theta.shape[0], theta.shape[1], work, keep)
+        psi = ws.forward(theta.to(work))
+        if keep:
+            ws.owner = ctx.token = object()
+            ctx.plan, ctx.ws, ctx.psi, ctx.dtype = plan, ws, psi, theta.dtype
+        else:
+            plan.release(ws)
         return (psi * psi).to(theta.dtype)
 
     @staticmethod
     def backward(ctx, grad_p):
-        psi = ctx.psi
-        lam = 2 * psi * grad_p.to(psi.dtype)
-        grad = ry_backward(lam, ctx.plan, ctx.factors, ctx.kept)
-        ctx.factors = ctx.kept = ctx.psi = None
+        psi, ws = ctx.psi, ctx.ws
+        if ws.owner is not ctx.token:  # a second backward (retain_graph) after a later forward
+            raise RuntimeError("the ry circuit's saved states were reused by a later forward "
+                               "pass: run its backward once, before the next forward")
+        grad = ws.backward(2 * psi * grad_p.to(psi.dtype))
+        ctx.plan.release(ws)  # still ours until another forward takes it
         return grad.to(ctx.dtype), None, None

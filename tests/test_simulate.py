@@ -173,3 +173,34 @@ def test_pennylane_backend_generates_same_weights(ansatz):
     pl = QuantumTrain(model, QTConfig(blocks=2, ansatz=ansatz, backend="pennylane"))
     pl.generator.load_state_dict(native.generator.state_dict())
     torch.testing.assert_close(pl.generator(), native.generator(), rtol=0, atol=1e-5)
+
+
+def test_ry_workspaces_are_not_shared_between_live_graphs():
+    """Two differentiable ry forwards before either backward give each its own correct gradient."""
+    c = Circuit(6, 3)
+    sim = NativeSimulator(c)
+    a, b = _angles(c, seed=1), _angles(c, seed=2)
+    w = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ga, gb = _probs_and_grad(sim, a, w)[1], _probs_and_grad(sim, b, w)[1]
+    a1, b1 = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    pa, pb = sim.probs(a1), sim.probs(b1)
+    (pb * w).sum().backward()
+    (pa * w).sum().backward()
+    torch.testing.assert_close(a1.grad, ga, rtol=0, atol=1e-12)
+    torch.testing.assert_close(b1.grad, gb, rtol=0, atol=1e-12)
+    assert not torch.allclose(ga, gb)
+
+
+def test_ry_second_backward_after_reuse_is_refused():
+    """A retained ry graph whose saved states a later forward reused refuses a second backward."""
+    c = Circuit(5, 2)
+    sim = NativeSimulator(c)
+    a = _angles(c).requires_grad_(True)
+    loss = sim.probs(a)[3]
+    loss.backward(retain_graph=True)
+    first = a.grad.clone()
+    loss.backward(retain_graph=True)  # nothing reused it yet: the same gradient again
+    torch.testing.assert_close(a.grad, 2 * first, rtol=0, atol=1e-12)
+    sim.probs(a.detach().clone().requires_grad_(True))  # takes the released workspace
+    with pytest.raises(RuntimeError, match="reused by a later forward"):
+        loss.backward()
