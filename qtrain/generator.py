@@ -28,6 +28,34 @@ def mapping_mlp(inputs: int, hidden, outputs: int, act: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class BitsLinear(torch.autograd.Function):
+    """A Linear layer on [bits(i), x_i] for every basis index i, without forming the inputs.
+
+    The bits' part is a Kronecker sum: the high and the low half of the bits each go through
+    their columns of the weight (2^(n/2) rows each) and are added by broadcasting. Forward and
+    backward then take a few passes over the (2^n, width) output instead of a (2^n, n + 1)
+    matmul and its two backward matmuls (benchmarks/bench_step.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bits_hi, bits_lo):
+        hi, n = bits_hi.shape[1], weight.shape[1] - 1
+        top = bits_hi @ weight[:, :hi].t()
+        low = torch.addmm(bias, bits_lo, weight[:, hi:n].t())
+        h = (top[:, None, :] + low[None, :, :]).reshape(-1, weight.shape[0])
+        ctx.save_for_backward(x, weight, bits_hi, bits_lo)
+        return h.addcmul_(x[:, None], weight[:, n])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bits_hi, bits_lo = ctx.saved_tensors
+        hi, n = bits_hi.shape[1], weight.shape[1] - 1
+        g = grad.view(bits_hi.shape[0], bits_lo.shape[0], -1)
+        g_top, g_low = g.sum(1), g.sum(0)
+        grad_w = torch.cat([g_top.t() @ bits_hi, g_low.t() @ bits_lo, (grad.t() @ x)[:, None]], 1)
+        return grad @ weight[:, n], grad_w, g_low.sum(0), None, None
+
+
 class WeightGenerator(nn.Module):
     """Generates M weights from a circuit's probabilities and a mapping MLP.
 
@@ -47,7 +75,9 @@ class WeightGenerator(nn.Module):
         self.size = sum(numels)
         self.angles = nn.Parameter(circuit.init_angles())
         self.mapping = mapping_mlp(circuit.qubits + 1, cfg.mapping_hidden, chunk, cfg.mapping_act)
-        self.register_buffer("bits", basis_bits(circuit.qubits), persistent=False)
+        hi = (circuit.qubits + 1) // 2
+        self.register_buffer("bits_hi", basis_bits(hi), persistent=False)
+        self.register_buffer("bits_lo", basis_bits(circuit.qubits - hi), persistent=False)
         if cfg.scaling == "tensor":
             # gain and shift are in units of a per-tensor reference scale (the init std), so
             # Adam moves every tensor's scale by the same relative step, whatever its size
@@ -91,11 +121,17 @@ class WeightGenerator(nn.Module):
     def forward(self) -> torch.Tensor:
         """The flat vector of M generated weights."""
         x = self.features(self.probabilities())
-        inputs = torch.cat([self.bits, x[:, None].to(self.bits.dtype)], dim=1)
-        flat = self.mapping(inputs).reshape(-1)[: self.size]
+        flat = self.mapping[1:](self._first_layer(x)).reshape(-1)[: self.size]
         if self.cfg.scaling == "none":
             return flat - flat.mean()
         return self._standardise(flat)
+
+    def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """The mapping's first Linear on [bits(i), x_i] for every basis state i: (2^n, width)."""
+        layer = self.mapping[0]
+        w = layer.weight
+        return BitsLinear.apply(x.to(w.dtype), w, layer.bias, self.bits_hi.to(w.dtype),
+                                self.bits_lo.to(w.dtype))
 
     def _standardise(self, flat: torch.Tensor) -> torch.Tensor:
         # per tensor: (w - mean) / std * gain + shift, vectorised over tensors by segment id;

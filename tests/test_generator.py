@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from qtrain import QTConfig, QTrainError, QuantumTrain
+from qtrain.circuits import Circuit
 from qtrain.generator import basis_bits
 from qtrain.layout import size_circuit
 from qtrain.models import toolkit_cnn
@@ -272,3 +273,22 @@ def test_gradients_reach_every_generator_part():
         assert p.grad is not None, name
         assert p.grad.abs().sum() > 0, name
         assert torch.isfinite(p.grad).all(), name
+
+
+def test_first_layer_equals_the_mapping_on_bits_and_features():
+    """The Kronecker-sum first layer equals the mapping's Linear on [bits(i), x_i], values and grads."""
+    from qtrain.generator import WeightGenerator
+
+    for n in (2, 5, 8):
+        c = Circuit(n, 2)
+        gen = WeightGenerator(c, 3, QTConfig(mapping_hidden=(7,)), [3 * 2**n],
+                              torch.ones(1), torch.zeros(1)).double()
+        x = torch.randn(2**n, dtype=torch.float64, requires_grad=True)
+        ours = gen._first_layer(x)
+        ref = gen.mapping[0](torch.cat([basis_bits(n).double(), x[:, None]], 1))
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+        r = torch.randn_like(ref)
+        g_ours = torch.autograd.grad((ours * r).sum(), [x, *gen.mapping[0].parameters()])
+        g_ref = torch.autograd.grad((ref * r).sum(), [x, *gen.mapping[0].parameters()])
+        for a, b in zip(g_ours, g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
