@@ -7,6 +7,7 @@ from torch import nn
 
 from .circuits import Circuit
 from .config import QTConfig
+from .fused import BitsLinear, Standardise
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "none": nn.Identity}
 
@@ -26,34 +27,6 @@ def mapping_mlp(inputs: int, hidden, outputs: int, act: str) -> nn.Sequential:
             layers.append(_ACTIVATIONS[act]())
         layers.append(nn.Linear(widths[i], widths[i + 1]))
     return nn.Sequential(*layers)
-
-
-class BitsLinear(torch.autograd.Function):
-    """A Linear layer on [bits(i), x_i] for every basis index i, without forming the inputs.
-
-    The bits' part is a Kronecker sum: the high and the low half of the bits each go through
-    their columns of the weight (2^(n/2) rows each) and are added by broadcasting. Forward and
-    backward then take a few passes over the (2^n, width) output instead of a (2^n, n + 1)
-    matmul and its two backward matmuls (benchmarks/bench_step.py).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, bits_hi, bits_lo):
-        hi, n = bits_hi.shape[1], weight.shape[1] - 1
-        top = bits_hi @ weight[:, :hi].t()
-        low = torch.addmm(bias, bits_lo, weight[:, hi:n].t())
-        h = (top[:, None, :] + low[None, :, :]).reshape(-1, weight.shape[0])
-        ctx.save_for_backward(x, weight, bits_hi, bits_lo)
-        return h.addcmul_(x[:, None], weight[:, n])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, bits_hi, bits_lo = ctx.saved_tensors
-        hi, n = bits_hi.shape[1], weight.shape[1] - 1
-        g = grad.view(bits_hi.shape[0], bits_lo.shape[0], -1)
-        g_top, g_low = g.sum(1), g.sum(0)
-        grad_w = torch.cat([g_top.t() @ bits_hi, g_low.t() @ bits_lo, (grad.t() @ x)[:, None]], 1)
-        return grad @ weight[:, n], grad_w, g_low.sum(0), None, None
 
 
 class WeightGenerator(nn.Module):
@@ -86,10 +59,8 @@ class WeightGenerator(nn.Module):
             self.register_buffer("ref", ref)
             self.gain = nn.Parameter(init_std.float() / ref)
             self.shift = nn.Parameter(init_mean.float() / ref)
-            numel = torch.tensor(numels)
-            seg = torch.repeat_interleave(torch.arange(len(numels)), numel)
-            self.register_buffer("segment", seg, persistent=False)
-            self.register_buffer("counts", numel.float(), persistent=False)
+            self.numels = list(numels)
+            self.register_buffer("counts", torch.tensor(numels).float(), persistent=False)
         self._estimator = None
 
     @property
@@ -121,10 +92,11 @@ class WeightGenerator(nn.Module):
     def forward(self) -> torch.Tensor:
         """The flat vector of M generated weights."""
         x = self.features(self.probabilities())
-        flat = self.mapping[1:](self._first_layer(x)).reshape(-1)[: self.size]
+        flat = self.mapping[1:](self._first_layer(x)).reshape(-1)
         if self.cfg.scaling == "none":
+            flat = flat[: self.size]
             return flat - flat.mean()
-        return self._standardise(flat)
+        return Standardise.apply(flat, self.gain, self.shift, self.ref, self.counts, self.numels)
 
     def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
         """The mapping's first Linear on [bits(i), x_i] for every basis state i: (2^n, width)."""
@@ -132,14 +104,3 @@ class WeightGenerator(nn.Module):
         w = layer.weight
         return BitsLinear.apply(x.to(w.dtype), w, layer.bias, self.bits_hi.to(w.dtype),
                                 self.bits_lo.to(w.dtype))
-
-    def _standardise(self, flat: torch.Tensor) -> torch.Tensor:
-        # per tensor: (w - mean) / std * gain + shift, vectorised over tensors by segment id;
-        # index_select (backward: index_add) rather than t[seg] (backward: a sorting index_put)
-        seg, counts = self.segment, self.counts
-        mean = torch.zeros_like(counts).index_add(0, seg, flat) / counts
-        centred = flat - mean.index_select(0, seg)
-        var = torch.zeros_like(counts).index_add(0, seg, centred * centred) / counts
-        scale = self.ref * self.gain / torch.sqrt(var + 1e-12)
-        return torch.addcmul((self.ref * self.shift).index_select(0, seg), centred,
-                             scale.index_select(0, seg))
