@@ -36,46 +36,86 @@ class BitsLinear(torch.autograd.Function):
         return grad @ weight[:, n], grad_w, g_low.sum(0), None, None
 
 
+SLICE_MIN = 4096  # average elements per tensor above which per-slice ops beat a segment index
+
+
+class Segments:
+    """The generated tensors as contiguous segments of a flat vector: per-segment sums and
+    per-segment affine maps, by slices when the segments are long (a few ops per tensor) and by
+    a segment index when they are short (a few ops in all; index_add costs ~2 ns per element).
+
+    Args:
+        numels: the segments' lengths, in order.
+    """
+
+    def __init__(self, numels):
+        self.numels, self.size = list(numels), sum(numels)
+        self.by_slices = self.size >= SLICE_MIN * len(self.numels)
+        self.index = None if self.by_slices else \
+            torch.repeat_interleave(torch.arange(len(self.numels)), torch.tensor(self.numels))
+        self._on: dict[torch.device, torch.Tensor] = {}
+
+    def _index(self, device: torch.device) -> torch.Tensor:
+        if device not in self._on:
+            self._on[device] = self.index.to(device)
+        return self._on[device]
+
+    def sums(self, v: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """Per segment, sum(v), or sum(v * w) when ``w`` is given: (T,)."""
+        if self.by_slices:
+            if w is None:
+                return torch.stack([p.sum() for p in v.split(self.numels)])
+            return torch.stack([torch.dot(a, b) for a, b in
+                                zip(v.split(self.numels), w.split(self.numels), strict=True)])
+        v = v if w is None else v * w
+        return v.new_zeros(len(self.numels)).index_add_(0, self._index(v.device), v)
+
+    def affine(self, v: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, out: torch.Tensor,
+               extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """out = v * scale_t + offset_t per segment, plus extra[0] * extra[1]_t if given."""
+        if self.by_slices:
+            parts = [out.split(self.numels), v.split(self.numels), scale.unbind(), offset.unbind()]
+            if extra is not None:
+                parts += [extra[0].split(self.numels), extra[1].unbind()]
+            for o, p, a, b, *more in zip(*parts, strict=True):
+                torch.addcmul(b, p, a, out=o)
+                if more:
+                    o.addcmul_(more[0], more[1])
+            return out
+        index = self._index(v.device)
+        torch.addcmul(offset.index_select(0, index), v, scale.index_select(0, index), out=out)
+        if extra is not None:
+            out.addcmul_(extra[0], extra[1].index_select(0, index))
+        return out
+
+
 class Standardise(torch.autograd.Function):
     """Per generated tensor t: (w - mean_t) / std_t * ref_t gain_t + ref_t shift_t.
 
-    ``flat`` may be longer than sum(numels) (the mapping's padding past M): the rest is dropped.
-    The tensors are contiguous slices of ``flat``, so every per-tensor sum is a plain reduction
-    over a slice, and the per-tensor coefficients are applied slice by slice: no segment-index
-    scatter or gather over all M weights (at M = 1M those took most of a training step).
+    ``flat`` may be longer than the segments (the mapping's padding past M): the rest is
+    dropped inside, so no slice of the full vector (and its zero-filled backward) is needed.
     """
 
     @staticmethod
-    def forward(ctx, flat, gain, shift, ref, counts, numels):
-        size = sum(numels)
-        parts = flat[:size].split(numels)
-        mean = torch.stack([p.sum() for p in parts]) / counts
-        centred = flat.new_empty(size)
-        cparts = centred.split(numels)
-        for p, c, m in zip(parts, cparts, mean.unbind(), strict=True):
-            torch.sub(p, m, out=c)
-        istd = torch.rsqrt(torch.stack([torch.dot(c, c) for c in cparts]) / counts + 1e-12)
-        scale, offset = ref * gain * istd, ref * shift
-        out = torch.empty_like(centred)
-        for c, o, a, b in zip(cparts, out.split(numels), scale.unbind(), offset.unbind(), strict=True):
-            torch.addcmul(b, c, a, out=o)
+    def forward(ctx, flat, gain, shift, ref, counts, segs: Segments):
+        part = flat[: segs.size]
+        mean = segs.sums(part) / counts
+        centred = segs.affine(part, torch.ones_like(mean), -mean, out=torch.empty_like(part))
+        istd = torch.rsqrt(segs.sums(centred, centred) / counts + 1e-12)
+        scale = ref * gain * istd
+        out = segs.affine(centred, scale, ref * shift, out=torch.empty_like(part))
         ctx.save_for_backward(centred, istd, scale, ref, counts)
-        ctx.numels, ctx.length = numels, flat.shape[0]
+        ctx.segs, ctx.length = segs, flat.shape[0]
         return out
 
     @staticmethod
     def backward(ctx, grad):
         centred, istd, scale, ref, counts = ctx.saved_tensors
-        numels = ctx.numels
-        gparts, cparts = grad.split(numels), centred.split(numels)
-        s1 = torch.stack([g.sum() for g in gparts])
-        s2 = torch.stack([torch.dot(g, c) for g, c in zip(gparts, cparts, strict=True)])
+        segs = ctx.segs
+        s1, s2 = segs.sums(grad), segs.sums(grad, centred)
         # d/dw = scale (dy - mean(dy) - c mean(dy c) / var), var = 1 / istd^2
         k1, k2 = -scale * s1 / counts, -scale * istd * istd * s2 / counts
         out = grad.new_empty(ctx.length)
-        out[centred.shape[0]:].zero_()
-        for g, c, o, a, b, k in zip(gparts, cparts, out[: centred.shape[0]].split(numels),
-                                    scale.unbind(), k1.unbind(),
-                                    k2.unbind(), strict=True):
-            torch.addcmul(b, c, k, out=o).addcmul_(g, a)
+        out[segs.size:].zero_()
+        segs.affine(centred, k2, k1, out=out[: segs.size], extra=(grad, scale))
         return out, ref * s2 * istd, ref * s1, None, None, None

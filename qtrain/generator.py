@@ -7,7 +7,7 @@ from torch import nn
 
 from .circuits import Circuit
 from .config import QTConfig
-from .fused import BitsLinear, Standardise
+from .fused import BitsLinear, Segments, Standardise
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "none": nn.Identity}
 
@@ -59,7 +59,7 @@ class WeightGenerator(nn.Module):
             self.register_buffer("ref", ref)
             self.gain = nn.Parameter(init_std.float() / ref)
             self.shift = nn.Parameter(init_mean.float() / ref)
-            self.numels = list(numels)
+            self.segments = Segments(numels)
             self.register_buffer("counts", torch.tensor(numels).float(), persistent=False)
         self._estimator = None
 
@@ -96,7 +96,7 @@ class WeightGenerator(nn.Module):
         if self.cfg.scaling == "none":
             flat = flat[: self.size]
             return flat - flat.mean()
-        return Standardise.apply(flat, self.gain, self.shift, self.ref, self.counts, self.numels)
+        return Standardise.apply(flat, self.gain, self.shift, self.ref, self.counts, self.segments)
 
     def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
         """The mapping's first Linear on [bits(i), x_i] for every basis state i: (2^n, width)."""

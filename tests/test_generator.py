@@ -300,10 +300,11 @@ def test_first_layer_equals_the_mapping_on_bits_and_features():
             torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
-def test_standardise_equals_the_plain_formula():
+@pytest.mark.parametrize("by_slices", [True, False])
+def test_standardise_equals_the_plain_formula(by_slices):
     """Standardise gives (w - mean) / std * ref gain + ref shift per tensor and its gradients,
     dropping the padding past M."""
-    from qtrain.fused import Standardise
+    from qtrain.fused import Segments, Standardise
 
     numels = [7, 1, 30, 5]
     g = torch.Generator().manual_seed(0)
@@ -312,7 +313,10 @@ def test_standardise_equals_the_plain_formula():
     shift = torch.randn(4, dtype=torch.float64, generator=g).requires_grad_(True)
     ref = torch.rand(4, dtype=torch.float64, generator=g).add(0.1)
     counts = torch.tensor(numels, dtype=torch.float64)
-    ours = Standardise.apply(flat, gain, shift, ref, counts, numels)
+    segs = Segments(numels)
+    if by_slices != segs.by_slices:
+        segs.by_slices, segs.index = by_slices, torch.repeat_interleave(torch.arange(4), torch.tensor(numels))
+    ours = Standardise.apply(flat, gain, shift, ref, counts, segs)
     parts = flat[:43].split(numels)
     ref_out = torch.cat([(p - p.mean()) / torch.sqrt(p.var(unbiased=False) + 1e-12) * r * a + r * b
                          for p, r, a, b in zip(parts, ref, gain, shift, strict=True)])
