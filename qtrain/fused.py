@@ -39,6 +39,11 @@ class BitsLinear(torch.autograd.Function):
 SLICE_MIN = 4096  # average elements per tensor above which per-slice ops beat a segment index
 
 
+def number_scalars(device: torch.device) -> bool:
+    """Whether per-segment scalars go to kernels as Python numbers (CPU: no device sync)."""
+    return device.type == "cpu"
+
+
 class Segments:
     """The generated tensors as contiguous segments of a flat vector: per-segment sums and
     per-segment affine maps, by slices when the segments are long (a few ops per tensor) and by
@@ -74,13 +79,22 @@ class Segments:
                extra: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """out = v * scale_t + offset_t per segment, plus extra[0] * extra[1]_t if given."""
         if self.by_slices:
-            parts = [out.split(self.numels), v.split(self.numels), scale.unbind(), offset.unbind()]
+            # on CPU, add(b, v, alpha=a) runs a vectorised loop where addcmul with 0-d operands
+            # runs a generic one at half the speed; alpha must be a number, hence tolist()
+            cpu = number_scalars(out.device)
+            scales = scale.tolist() if cpu else scale.unbind()
+            parts = [out.split(self.numels), v.split(self.numels), scales, offset.unbind()]
             if extra is not None:
-                parts += [extra[0].split(self.numels), extra[1].unbind()]
+                parts += [extra[0].split(self.numels), extra[1].tolist() if cpu else extra[1].unbind()]
             for o, p, a, b, *more in zip(*parts, strict=True):
-                torch.addcmul(b, p, a, out=o)
-                if more:
-                    o.addcmul_(more[0], more[1])
+                if cpu:
+                    torch.add(b, p, alpha=a, out=o)
+                    if more:
+                        o.add_(more[0], alpha=more[1])
+                else:
+                    torch.addcmul(b, p, a, out=o)
+                    if more:
+                        o.addcmul_(more[0], more[1])
             return out
         index = self._index(v.device)
         torch.addcmul(offset.index_select(0, index), v, scale.index_select(0, index), out=out)

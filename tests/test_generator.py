@@ -300,11 +300,14 @@ def test_first_layer_equals_the_mapping_on_bits_and_features():
             torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("by_slices", [True, False])
-def test_standardise_equals_the_plain_formula(by_slices):
+@pytest.mark.parametrize("by_slices,numbers", [(True, True), (True, False), (False, True)])
+def test_standardise_equals_the_plain_formula(by_slices, numbers, monkeypatch):
     """Standardise gives (w - mean) / std * ref gain + ref shift per tensor and its gradients,
     dropping the padding past M."""
+    from qtrain import fused
     from qtrain.fused import Segments, Standardise
+
+    monkeypatch.setattr(fused, "number_scalars", lambda device: numbers)  # False: the GPU form
 
     numels = [7, 1, 30, 5]
     g = torch.Generator().manual_seed(0)
