@@ -215,20 +215,19 @@ def _permute(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = No
 
 
 class RyProbs(torch.autograd.Function):
-    """Probabilities (B, 2^n) of the ry circuit for angles (B, L, n), computed in ``work`` dtype
-    and returned in the angles' dtype."""
+    """Probabilities (B, 2^n) of the ry circuit for angles (B, L, n), in the angles' dtype."""
 
     @staticmethod
-    def forward(ctx, theta, plan, work):
+    def forward(ctx, theta, plan):
         keep = ctx.needs_input_grad[0]
-        ws = plan.workspace(theta.shape[0], theta.shape[1], work, keep)
-        psi = ws.forward(theta.to(work))
+        ws = plan.workspace(theta.shape[0], theta.shape[1], theta.dtype, keep)
+        psi = ws.forward(theta)
         if keep:
             ws.owner = ctx.token = object()
-            ctx.plan, ctx.ws, ctx.psi, ctx.dtype = plan, ws, psi, theta.dtype
+            ctx.plan, ctx.ws, ctx.psi = plan, ws, psi
         else:
             plan.release(ws)
-        return (psi * psi).to(theta.dtype)
+        return psi * psi
 
     @staticmethod
     def backward(ctx, grad_p):
@@ -236,6 +235,6 @@ class RyProbs(torch.autograd.Function):
         if ws.owner is not ctx.token:  # a second backward (retain_graph) after a later forward
             raise RuntimeError("the ry circuit's saved states were reused by a later forward "
                                "pass: run its backward once, before the next forward")
-        grad = ws.backward(2 * psi * grad_p.to(psi.dtype))
+        grad = ws.backward(2 * psi * grad_p)
         ctx.plan.release(ws)  # still ours until another forward takes it
-        return grad.to(ctx.dtype), None, None
+        return grad, None

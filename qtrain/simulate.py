@@ -1,13 +1,14 @@
 """Native statevector simulation in torch, batched over angle sets, on any torch device.
 
 What makes it fast (measured in benchmarks/bench_circuit.py):
-- ``ry`` runs in real arithmetic;
+- ``ry`` runs in real arithmetic as one autograd node with an adjoint backward
+  (:mod:`qtrain.ry_adjoint`);
 - a rotation layer is applied as Kronecker factors over groups of adjacent qubits, a few batched
   matmuls instead of one kernel per qubit; the factors of every block are built at once;
-- the first layer acts on |0...0>, so it is just the outer product of the factors' first columns;
 - the whole CNOT ring is one precomputed index permutation;
-- for ``u3``, the CU3 gates inside a group are multiplied into one factor with the group's U3
-  layer where the order allows, so a block costs a few matmuls, not one op per gate.
+- for ``u3``, the first layer acts on |0...0> (the outer product of the factors' first columns),
+  and the CU3 gates inside a group are multiplied into one factor with the group's U3 layer
+  where the order allows, so a block costs a few matmuls, not one op per gate.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from .ry_adjoint import RyPlan, RyProbs
 
 def group_size(n: int) -> int:
     """Qubits per Kronecker factor (ry), as measured best on 2 CPU cores: bigger factors mean
-    fewer kernels but more flops per amplitude (benchmarks/bench_circuit.py)."""
-    if n <= 8:
-        return 4
-    return 5 if n <= 14 else 6
+    fewer kernels but more flops per amplitude (5 beat 6 and 7 from 10 to 20 qubits)."""
+    return 4 if n <= 8 else 5
 
 
 def qubit_groups(n: int, size: int | None = None) -> list[tuple[int, int]]:
@@ -51,12 +50,6 @@ def ring_permutation(n: int) -> torch.Tensor:
     perm = np.empty_like(image)
     perm[image] = idx
     return torch.from_numpy(perm)
-
-
-def ry_matrices(theta: torch.Tensor) -> torch.Tensor:
-    """RY(theta) for theta of any shape S: (*S, 2, 2), real."""
-    c, s = torch.cos(theta / 2), torch.sin(theta / 2)
-    return torch.stack([c, -s, s, c], -1).unflatten(-1, (2, 2))
 
 
 def _phase(x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +166,7 @@ class NativeSimulator:
         # The adjoint keeps every factor's output instead of un-computing it, so a float32
         # gradient is accurate enough for backprop to train like the exact parameter-shift
         # gradient (tests/test_gradients.py); float64 angles give a float64 run.
-        return RyProbs.apply(a.reshape(a.shape[0], c.blocks, c.qubits), self._plan_on(a.device), a.dtype)
+        return RyProbs.apply(a.reshape(a.shape[0], c.blocks, c.qubits), self._plan_on(a.device))
 
     def _u3_state(self, a: torch.Tensor) -> torch.Tensor:
         c, n, groups = self.circuit, self.circuit.qubits, self.groups
