@@ -124,15 +124,21 @@ def _embed_pair(cu: torch.Tensor, i: int, length: int) -> torch.Tensor:
     return out
 
 
+EXACT_QUBITS = 16
+
+
 class NativeSimulator:
     """Probabilities of a :class:`Circuit`, differentiable by torch autograd.
 
     Args:
         circuit: the ansatz and its size.
+        precision: ``exact`` runs ``ry`` in float64 up to :data:`EXACT_QUBITS` whatever the
+            angles' dtype (probabilities come back in the angles' dtype); ``fast`` runs it in
+            the angles' dtype.
     """
 
-    def __init__(self, circuit: Circuit):
-        self.circuit = circuit
+    def __init__(self, circuit: Circuit, precision: str = "exact"):
+        self.circuit, self.precision = circuit, precision
         # u3 multiplies its CU3 chains into group-sized complex matrices: keep those small
         self.groups = qubit_groups(circuit.qubits, 4 if circuit.ansatz == "u3" else None)
         self._perm = ring_permutation(circuit.qubits) if circuit.ansatz == "ry" else None
@@ -163,10 +169,13 @@ class NativeSimulator:
 
     def _ry_probs(self, a: torch.Tensor) -> torch.Tensor:
         c = self.circuit
-        # The adjoint keeps every factor's output instead of un-computing it, so a float32
-        # gradient is accurate enough for backprop to train like the exact parameter-shift
-        # gradient (tests/test_gradients.py); float64 angles give a float64 run.
-        return RyProbs.apply(a.reshape(a.shape[0], c.blocks, c.qubits), self._plan_on(a.device))
+        theta = a.reshape(a.shape[0], c.blocks, c.qubits)
+        if self.precision == "exact" and c.qubits <= EXACT_QUBITS:
+            # a float32 gradient is ~1e-6 relative off the exact one: enough for training to
+            # drift from exact parameter-shift by ~1e-5 within two digits epochs
+            # (tests/test_gradients.py); float64 costs about +40% at 13 qubits
+            return RyProbs.apply(theta.double(), self._plan_on(a.device)).to(a.dtype)
+        return RyProbs.apply(theta, self._plan_on(a.device))
 
     def _u3_state(self, a: torch.Tensor) -> torch.Tensor:
         c, n, groups = self.circuit, self.circuit.qubits, self.groups

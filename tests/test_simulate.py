@@ -204,3 +204,54 @@ def test_ry_second_backward_after_reuse_is_refused():
     sim.probs(a.detach().clone().requires_grad_(True))  # takes the released workspace
     with pytest.raises(RuntimeError, match="reused by a later forward"):
         loss.backward()
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+@pytest.mark.parametrize("n", [3, 6, 11])
+def test_float32_matches_pennylane_probs_and_grads(ansatz, n):
+    """In float32 (fast precision) probabilities and gradients match PennyLane's float64 to float32 tolerances."""
+    c = Circuit(n, 2, ansatz)
+    angles = _angles(c, seed=50 + n)
+    w = torch.randn(2**n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    p_pl, g_pl = _probs_and_grad(PennyLaneSimulator(c, "default.qubit", diff_method="backprop"), angles, w)
+    p32, g32 = _probs_and_grad(NativeSimulator(c, "fast"), angles.float(), w.float())
+    assert p32.dtype == g32.dtype == torch.float32
+    torch.testing.assert_close(p32.double(), p_pl, rtol=0, atol=1e-6)
+    torch.testing.assert_close(g32.double(), g_pl, rtol=1e-4, atol=1e-5 * g_pl.abs().max().item())
+    assert g_pl.abs().max() > 1e-3
+
+
+def test_exact_precision_gives_float64_gradients_to_float32_angles():
+    """precision="exact" runs ry in float64 for float32 angles: probabilities and gradients come back
+    in float32, equal to the float64 run's rounded; "fast" is off by float32 rounding only."""
+    c = Circuit(9, 4)
+    a64 = _angles(c, seed=7)
+    w = torch.randn(2**9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    p64, g64 = _probs_and_grad(NativeSimulator(c), a64, w)
+    p_exact, g_exact = _probs_and_grad(NativeSimulator(c, "exact"), a64.float(), w.float())
+    p_fast, g_fast = _probs_and_grad(NativeSimulator(c, "fast"), a64.float(), w.float())
+    assert p_exact.dtype == g_exact.dtype == p_fast.dtype == torch.float32
+    torch.testing.assert_close(p_exact.double(), p64, rtol=1e-6, atol=1e-9)  # only the final rounding
+    torch.testing.assert_close(g_exact.double(), g64, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_fast.double(), g64, rtol=0, atol=1e-4)
+    assert (g_fast.double() - g64).abs().max() > (g_exact.double() - g64).abs().max()
+
+
+def test_bad_circuit_precision_is_refused():
+    """An unknown --circuit-precision is a QTrainError naming the choices."""
+    with pytest.raises(QTrainError, match="unknown --circuit-precision 'half': use one of exact, fast"):
+        QTConfig(circuit_precision="half")
+
+
+def test_cli_circuit_precision_is_recorded(tmp_path, capsys):
+    """compress --circuit-precision fast trains and records the setting in qtrain.json."""
+    import json
+
+    from qtrain.cli import main
+
+    out = tmp_path / "fast"
+    rc = main(["compress", "--epochs", "1", "--blocks", "1", "--chunk", "16", "--quiet",
+               "--circuit-precision", "fast", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    rec = json.loads((out / "qtrain.json").read_text())
+    assert rec["config"]["_data"]["qt"]["_data"]["circuit_precision"] == "fast"
