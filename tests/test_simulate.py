@@ -209,7 +209,7 @@ def test_ry_second_backward_after_reuse_is_refused():
 @pytest.mark.parametrize("ansatz", ANSATZE)
 @pytest.mark.parametrize("n", [3, 6, 11])
 def test_float32_matches_pennylane_probs_and_grads(ansatz, n):
-    """In float32 (fast precision) probabilities and gradients match PennyLane's float64 to float32 tolerances."""
+    """In float32 (fast precision), probabilities and gradients match PennyLane's float64 run."""
     c = Circuit(n, 2, ansatz)
     angles = _angles(c, seed=50 + n)
     w = torch.randn(2**n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
