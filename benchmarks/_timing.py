@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import os
 import platform
 import statistics
 import time
@@ -26,5 +28,9 @@ def time_interleaved(fns: dict, rounds: int, per_round: int = 1, warmup: int = 3
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
+    """What the figures were measured on, and when, with the load average at the start."""
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(),
+            "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
