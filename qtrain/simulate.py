@@ -133,8 +133,8 @@ class NativeSimulator:
     Args:
         circuit: the ansatz and its size.
         precision: ``exact`` runs ``ry`` in float64 up to :data:`EXACT_QUBITS` whatever the
-            angles' dtype (probabilities come back in the angles' dtype); ``fast`` runs it in
-            the angles' dtype.
+            angles' dtype (probabilities come back in the angles' dtype; MPS has no float64 and
+            runs it as ``fast``); ``fast`` runs it in the angles' dtype.
     """
 
     def __init__(self, circuit: Circuit, precision: str = "exact"):
@@ -170,7 +170,7 @@ class NativeSimulator:
     def _ry_probs(self, a: torch.Tensor) -> torch.Tensor:
         c = self.circuit
         theta = a.reshape(a.shape[0], c.blocks, c.qubits)
-        if self.precision == "exact" and c.qubits <= EXACT_QUBITS:
+        if self.precision == "exact" and c.qubits <= EXACT_QUBITS and a.device.type != "mps":
             # a float32 gradient is ~1e-6 relative off the exact one: enough for training to
             # drift from exact parameter-shift by ~1e-5 within two digits epochs
             # (tests/test_gradients.py); float64 costs about +40% at 13 qubits
