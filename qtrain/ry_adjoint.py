@@ -108,15 +108,12 @@ class RyPlan:
         self._free.setdefault(key, []).append(ws)
 
 
-def _gathers(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor):
-    """For every block b, a callable writing ``src[b][:, index]`` into ``dst[b]`` (both
-    (L, B, 2^n)); a 1-D gather when B is 1, which is measurably cheaper."""
-    if src.shape[1] == 1:
-        pairs = zip(src.view(src.shape[0], src.shape[2]).unbind(0),
-                    dst.view(dst.shape[0], dst.shape[2]).unbind(0), strict=True)
-        return [partial(torch.index_select, s, 0, index, out=d) for s, d in pairs]
-    pairs = zip(src.unbind(0), dst.unbind(0), strict=True)
-    return [partial(torch.index_select, s, 1, index, out=d) for s, d in pairs]
+def _gather(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor):
+    """A callable writing ``src[:, index]`` into ``dst`` (both (B, 2^n)); a 1-D gather when B
+    is 1, which is measurably cheaper."""
+    if src.shape[0] == 1:
+        return partial(torch.index_select, src.view(-1), 0, index, out=dst.view(-1))
+    return partial(torch.index_select, src, 1, index, out=dst)
 
 
 def _views(buf: torch.Tensor, size: int, transpose: bool = False):
@@ -143,31 +140,34 @@ class Workspace:
         self.factors = new(blocks, batch, sum(s * s for s in plan.sizes))
         factors = [f.unflatten(-1, (s, s)) for f, s in
                    zip(self.factors.split([s * s for s in plan.sizes], -1), plan.sizes, strict=True)]
-        self.inputs = new(slots, batch, dim)  # each block's input, after the ring
+        self.inputs = new(1, batch, dim)  # the current block's input, after the ring
         self.outputs = [new(slots, batch, dim) for _ in range(count)]
         self.forward_ops = []  # per group, last first: (factors, input views, output views)
         for g in reversed(range(count)):
             size = plan.sizes[g]
-            src = self.inputs if g == count - 1 else self.outputs[g + 1]
-            ins = [v.transpose(1, 2) for v in _views(src, size, transpose=True)]
+            if g == count - 1:
+                ins = [_views(self.inputs, size, transpose=True)[0].transpose(1, 2)] * slots
+            else:
+                ins = [v.transpose(1, 2) for v in _views(self.outputs[g + 1], size, transpose=True)]
             self.forward_ops.append((factors[g].unbind(0), ins, _views(self.outputs[g], size)))
+        self.ring = [_gather(y, self.inputs[0], plan.perm) for y in self.outputs[0].unbind(0)]
         if keep:
-            self.ring = _gathers(self.outputs[0][:-1], self.inputs[1:], plan.perm)
             self._backward_buffers(factors, batch, blocks)
-        else:
-            self.ring = _gathers(self.outputs[0], self.inputs, plan.perm) * blocks
 
     def _backward_buffers(self, factors, batch: int, blocks: int):
         plan, count = self.plan, len(self.outputs)
         self.grads = [torch.empty_like(y) for y in self.outputs]  # dL/d(each factor's output)
-        to_input = torch.empty_like(self.inputs)  # dL/d(each block's input)
+        to_input = torch.empty_like(self.inputs)  # dL/d(the current block's input)
         self.backward_ops = []  # per group, first first: (mu^T views, factors, destinations)
         for g in range(count):
             size = plan.sizes[g]
-            dst = to_input if g == count - 1 else self.grads[g + 1]
             mus = [v.transpose(1, 2) for v in _views(self.grads[g], size)]
-            self.backward_ops.append((mus, factors[g].unbind(0), _views(dst, size, transpose=True)))
-        self.ring_back = _gathers(to_input[1:], self.grads[0][:-1], plan.inverse)
+            if g == count - 1:
+                dsts = _views(to_input, size, transpose=True) * blocks
+            else:
+                dsts = _views(self.grads[g + 1], size, transpose=True)
+            self.backward_ops.append((mus, factors[g].unbind(0), dsts))
+        self.ring_back = [_gather(to_input[0], lam, plan.inverse) for lam in self.grads[0].unbind(0)]
         self.pairs = []  # per group: mu and y of every block as (L B, size, rest), and its signs
         for g, (mu, y) in enumerate(zip(self.grads, self.outputs, strict=True)):
             size = plan.sizes[g]
@@ -185,14 +185,14 @@ class Workspace:
         for b in range(theta.shape[1]):
             slot = b if keep else 0
             if b:
-                ring[b - 1]()
+                ring[b - 1 if keep else 0]()
             for fs, ins, outs in self.forward_ops:
                 torch.bmm(fs[b], ins[slot], out=outs[slot])
         return _permute(self.outputs[0][-1], self.plan.perm)
 
     def backward(self, lam: torch.Tensor) -> torch.Tensor:
         """dL/dtheta (B, L, n) from lam = dL/dpsi (B, 2^n) of the final state."""
-        blocks, batch = self.inputs.shape[0], lam.shape[0]
+        blocks, batch = self.outputs[0].shape[0], lam.shape[0]
         _permute(lam, self.plan.inverse, out=self.last_grad)
         ops, last = self.backward_ops, len(self.backward_ops) - 1
         for b in reversed(range(blocks)):
