@@ -15,12 +15,14 @@ BACKENDS = ("native", "pennylane")
 DEVICES = ("cpu", "cuda", "mps")
 SCHEDULES = ("plateau", "cosine")
 GRADS = ("backprop", "parameter-shift", "spsa", "finite-diff")
-PRECISIONS = ("exact", "fast")
 
 
 def _choice(value, options, flag):
     if value not in options:
         raise QTrainError(f"unknown {flag} {value!r}: use one of {', '.join(options)}")
+
+
+PRECISIONS = ("exact", "fast")  # --circuit-precision
 
 
 @dataclass
