@@ -149,6 +149,8 @@ def cli():
               help="Rademacher perturbations averaged per SPSA gradient.")
 @click.option("--fd-step", default=1e-4, show_default=True, type=float,
               help="Step of --grad finite-diff (central differences).")
+@click.option("--circuit-precision", default="exact", show_default=True,
+              help="exact (float64 ry circuit up to 16 qubits) or fast (the model's dtype).")
 @click.option("--epochs", default=50, show_default=True, type=int)
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--lr", default=2e-2, show_default=True, type=float)

@@ -7,6 +7,7 @@ from torch import nn
 
 from .circuits import Circuit
 from .config import QTConfig
+from .fused import BitsLinear, Segments, Standardise
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "none": nn.Identity}
 
@@ -47,7 +48,9 @@ class WeightGenerator(nn.Module):
         self.size = sum(numels)
         self.angles = nn.Parameter(circuit.init_angles())
         self.mapping = mapping_mlp(circuit.qubits + 1, cfg.mapping_hidden, chunk, cfg.mapping_act)
-        self.register_buffer("bits", basis_bits(circuit.qubits), persistent=False)
+        hi = (circuit.qubits + 1) // 2
+        self.register_buffer("bits_hi", basis_bits(hi), persistent=False)
+        self.register_buffer("bits_lo", basis_bits(circuit.qubits - hi), persistent=False)
         if cfg.scaling == "tensor":
             # gain and shift are in units of a per-tensor reference scale (the init std), so
             # Adam moves every tensor's scale by the same relative step, whatever its size
@@ -56,10 +59,8 @@ class WeightGenerator(nn.Module):
             self.register_buffer("ref", ref)
             self.gain = nn.Parameter(init_std.float() / ref)
             self.shift = nn.Parameter(init_mean.float() / ref)
-            numel = torch.tensor(numels)
-            seg = torch.repeat_interleave(torch.arange(len(numels)), numel)
-            self.register_buffer("segment", seg, persistent=False)
-            self.register_buffer("counts", numel.float(), persistent=False)
+            self.segments = Segments(numels)
+            self.register_buffer("counts", torch.tensor(numels).float(), persistent=False)
         self._estimator = None
 
     @property
@@ -91,19 +92,15 @@ class WeightGenerator(nn.Module):
     def forward(self) -> torch.Tensor:
         """The flat vector of M generated weights."""
         x = self.features(self.probabilities())
-        inputs = torch.cat([self.bits, x[:, None].to(self.bits.dtype)], dim=1)
-        flat = self.mapping(inputs).reshape(-1)[: self.size]
+        flat = self.mapping[1:](self._first_layer(x)).reshape(-1)
         if self.cfg.scaling == "none":
+            flat = flat[: self.size]
             return flat - flat.mean()
-        return self._standardise(flat)
+        return Standardise.apply(flat, self.gain, self.shift, self.ref, self.counts, self.segments)
 
-    def _standardise(self, flat: torch.Tensor) -> torch.Tensor:
-        # per tensor: (w - mean) / std * gain + shift, vectorised over tensors by segment id;
-        # index_select (backward: index_add) rather than t[seg] (backward: a sorting index_put)
-        seg, counts = self.segment, self.counts
-        mean = torch.zeros_like(counts).index_add(0, seg, flat) / counts
-        centred = flat - mean.index_select(0, seg)
-        var = torch.zeros_like(counts).index_add(0, seg, centred * centred) / counts
-        scale = self.ref * self.gain / torch.sqrt(var + 1e-12)
-        return torch.addcmul((self.ref * self.shift).index_select(0, seg), centred,
-                             scale.index_select(0, seg))
+    def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """The mapping's first Linear on [bits(i), x_i] for every basis state i: (2^n, width)."""
+        layer = self.mapping[0]
+        w = layer.weight
+        return BitsLinear.apply(x.to(w.dtype), w, layer.bias, self.bits_hi.to(w.dtype),
+                                self.bits_lo.to(w.dtype))

@@ -263,4 +263,4 @@ def make_estimator(circuit: Circuit, cfg: QTConfig):
         return PennyLaneEstimator(circuit, cfg, seed)
     from .simulate import NativeSimulator
 
-    return NativeEstimator(circuit, cfg, NativeSimulator(circuit), seed)
+    return NativeEstimator(circuit, cfg, NativeSimulator(circuit, cfg.circuit_precision), seed)

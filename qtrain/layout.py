@@ -38,7 +38,9 @@ class Layout:
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Cut the flat weight vector into named tensors of the right shapes."""
-        parts = torch.split(flat[: self.size], self.numels)
+        if flat.shape[0] != self.size:  # a no-op slice would still zero-fill a full gradient
+            flat = flat[: self.size]
+        parts = torch.split(flat, self.numels)
         return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
 
     def manifest(self) -> list[dict]:

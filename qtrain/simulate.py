@@ -1,13 +1,14 @@
 """Native statevector simulation in torch, batched over angle sets, on any torch device.
 
 What makes it fast (measured in benchmarks/bench_circuit.py):
-- ``ry`` runs in real arithmetic;
+- ``ry`` runs in real arithmetic as one autograd node with an adjoint backward
+  (:mod:`qtrain.ry_adjoint`);
 - a rotation layer is applied as Kronecker factors over groups of adjacent qubits, a few batched
   matmuls instead of one kernel per qubit; the factors of every block are built at once;
-- the first layer acts on |0...0>, so it is just the outer product of the factors' first columns;
 - the whole CNOT ring is one precomputed index permutation;
-- for ``u3``, the CU3 gates inside a group are multiplied into one factor with the group's U3
-  layer where the order allows, so a block costs a few matmuls, not one op per gate.
+- for ``u3``, the first layer acts on |0...0> (the outer product of the factors' first columns),
+  and the CU3 gates inside a group are multiplied into one factor with the group's U3 layer
+  where the order allows, so a block costs a few matmuls, not one op per gate.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import numpy as np
 import torch
 
 from .circuits import Circuit, ring_pairs
+from .ry_adjoint import RyPlan, RyProbs
 
 
 def group_size(n: int) -> int:
     """Qubits per Kronecker factor (ry), as measured best on 2 CPU cores: bigger factors mean
-    fewer kernels but more flops per amplitude (benchmarks/bench_circuit.py)."""
-    if n <= 8:
-        return 4
-    return 5 if n <= 14 else 6
+    fewer kernels but more flops per amplitude (5 beat 6 and 7 from 10 to 20 qubits)."""
+    return 4 if n <= 8 else 5
 
 
 def qubit_groups(n: int, size: int | None = None) -> list[tuple[int, int]]:
@@ -50,12 +50,6 @@ def ring_permutation(n: int) -> torch.Tensor:
     perm = np.empty_like(image)
     perm[image] = idx
     return torch.from_numpy(perm)
-
-
-def ry_matrices(theta: torch.Tensor) -> torch.Tensor:
-    """RY(theta) for theta of any shape S: (*S, 2, 2), real."""
-    c, s = torch.cos(theta / 2), torch.sin(theta / 2)
-    return torch.stack([c, -s, s, c], -1).unflatten(-1, (2, 2))
 
 
 def _phase(x: torch.Tensor) -> torch.Tensor:
@@ -130,91 +124,7 @@ def _embed_pair(cu: torch.Tensor, i: int, length: int) -> torch.Tensor:
     return out
 
 
-def _flip_pairs(length: int) -> torch.Tensor:
-    """Flat indices i * 2^g + (i with bit q flipped), for every i with local qubit q set:
-    (length, 2^(g-1)), qubit 0 the most significant."""
-    size = 2**length
-    idx = torch.arange(size)
-    out = []
-    for q in range(length):
-        bit = 1 << (length - 1 - q)
-        r = idx[(idx & bit) != 0]
-        out.append(r * size + (r ^ bit))
-    return torch.stack(out)
-
-
-def _apply_t(state: torch.Tensor, mat: torch.Tensor, start: int, length: int, n: int):
-    return _apply(state, mat.transpose(-1, -2), start, length, n)
-
-
-def _pair_products(lam: torch.Tensor, y: torch.Tensor, start: int, length: int, n: int):
-    """C[b, i, j] = sum over the other qubits of lam[..i..] * y[..j..], for one group."""
-    batch, size = lam.shape[0], 2**length
-    post = 2 ** (n - start - length)
-    lv = lam.reshape(batch, -1, size, post)
-    yv = y.reshape(batch, -1, size, post)
-    return torch.einsum("bpio,bpjo->bij", lv, yv)
-
-
-EXACT_GRAD_QUBITS = 16
-
-
-class _RyCircuit(torch.autograd.Function):
-    """The whole ry circuit as one autograd node, differentiated by the adjoint method.
-
-    The backward pass walks the blocks in reverse, un-computing the state with the transposed
-    (orthogonal) factors instead of storing every intermediate state. For an RY on qubit q,
-    dRY/dtheta = RY A/2 with A = [[0, -1], [1, 0]], so dL/dtheta = <lambda| A_q |y> / 2 where y
-    is the state after the layer and lambda the gradient there; grouped per Kronecker factor
-    this is a gather on the small matrix C = sum lambda y^T.
-    """
-
-    @staticmethod
-    def forward(ctx, theta, sim):
-        ctx.sim = sim
-        ctx.save_for_backward(theta)
-        return _RyCircuit.run(theta, sim)[0]
-
-    @staticmethod
-    def run(theta, sim):
-        n, groups = sim.circuit.qubits, sim.groups
-        perm, _ = sim._perm_on(theta.device)
-        factors = [f.unbind(1) for f in sim._layer_factors(ry_matrices(theta))]
-        state = _product_state([f[0][:, :, 0] for f in factors]).index_select(1, perm)
-        for b in range(1, theta.shape[1]):
-            for (start, length), f in zip(groups, factors, strict=True):
-                state = _apply(state, f[b], start, length, n)
-            state = state.index_select(1, perm)
-        return state, factors
-
-    @staticmethod
-    def backward(ctx, lam):
-        # Up to EXACT_GRAD_QUBITS the gradient is computed in float64 whatever the forward's
-        # precision: a float32 adjoint is off by ~1e-6 relative, enough for Adam to drift away
-        # from the exact parameter-shift gradient within a few epochs. Recomputing the forward
-        # costs one more pass (about +40% at 13 qubits); past that size, speed and memory win.
-        sim = ctx.sim
-        (theta,) = ctx.saved_tensors
-        exact = sim.circuit.qubits <= EXACT_GRAD_QUBITS
-        y, factors = _RyCircuit.run(theta.double() if exact else theta, sim)
-        lam = lam.to(y.dtype)
-        n, groups = sim.circuit.qubits, sim.groups
-        blocks = len(factors[0])
-        _, inverse = sim._perm_on(lam.device)
-        flips = [sim._flips_on(length, lam.device) for _, length in groups]
-        grads = []
-        for b in reversed(range(blocks)):
-            lam, y = lam.index_select(1, inverse), y.index_select(1, inverse)
-            g_block = []
-            for (start, length), f, flip in zip(groups, factors, flips, strict=True):
-                c = _pair_products(lam, y, start, length, n)
-                d = (c - c.transpose(1, 2)).flatten(1)
-                g_block.append(0.5 * d.index_select(1, flip.flatten()).unflatten(1, flip.shape).sum(-1))
-                if b:
-                    lam = _apply_t(lam, f[b], start, length, n)
-                    y = _apply_t(y, f[b], start, length, n)
-            grads.append(torch.cat(g_block, dim=1))
-        return torch.stack(grads[::-1], dim=1).to(theta.dtype), None
+EXACT_QUBITS = 16
 
 
 class NativeSimulator:
@@ -222,35 +132,29 @@ class NativeSimulator:
 
     Args:
         circuit: the ansatz and its size.
+        precision: ``exact`` runs ``ry`` in float64 up to :data:`EXACT_QUBITS` whatever the
+            angles' dtype (probabilities come back in the angles' dtype; MPS has no float64 and
+            runs it as ``fast``); ``fast`` runs it in the angles' dtype.
     """
 
-    def __init__(self, circuit: Circuit):
-        self.circuit = circuit
+    def __init__(self, circuit: Circuit, precision: str = "exact"):
+        self.circuit, self.precision = circuit, precision
         # u3 multiplies its CU3 chains into group-sized complex matrices: keep those small
         self.groups = qubit_groups(circuit.qubits, 4 if circuit.ansatz == "u3" else None)
         self._perm = ring_permutation(circuit.qubits) if circuit.ansatz == "ry" else None
-        self._perm_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._flip_cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._plans: dict[torch.device, RyPlan] = {}
 
-    def _flips_on(self, length: int, device: torch.device) -> torch.Tensor:
-        key = (length, device)
-        if key not in self._flip_cache:
-            self._flip_cache[key] = _flip_pairs(length).to(device)
-        return self._flip_cache[key]
-
-    def _perm_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._perm_cache:
-            perm = self._perm.to(device)
-            self._perm_cache[device] = (perm, torch.argsort(perm))
-        return self._perm_cache[device]
+    def _plan_on(self, device: torch.device) -> RyPlan:
+        if device not in self._plans:
+            self._plans[device] = RyPlan(self.circuit.qubits, self.groups, self._perm, device)
+        return self._plans[device]
 
     def probs(self, angles: torch.Tensor) -> torch.Tensor:
         """Basis-state probabilities for angles (P,) or a batch (B, P): (2^n,) or (B, 2^n)."""
         single = angles.dim() == 1
         a = angles.reshape(1, -1) if single else angles
         if self.circuit.ansatz == "ry":
-            state = self._ry_state(a)
-            p = state * state
+            p = self._ry_probs(a)
         else:
             state = self._u3_state(a)
             p = state.real**2 + state.imag**2
@@ -263,9 +167,15 @@ class NativeSimulator:
     # Blocks are taken with unbind(1), once, rather than indexed one at a time: indexing would
     # make the backward pass zero-fill a full-size gradient for every block.
 
-    def _ry_state(self, a: torch.Tensor) -> torch.Tensor:
+    def _ry_probs(self, a: torch.Tensor) -> torch.Tensor:
         c = self.circuit
-        return _RyCircuit.apply(a.reshape(a.shape[0], c.blocks, c.qubits), self)
+        theta = a.reshape(a.shape[0], c.blocks, c.qubits)
+        if self.precision == "exact" and c.qubits <= EXACT_QUBITS and a.device.type != "mps":
+            # a float32 gradient is ~1e-6 relative off the exact one: enough for training to
+            # drift from exact parameter-shift by ~1e-5 within two digits epochs
+            # (tests/test_gradients.py); float64 costs about +40% at 13 qubits
+            return RyProbs.apply(theta.double(), self._plan_on(a.device)).to(a.dtype)
+        return RyProbs.apply(theta, self._plan_on(a.device))
 
     def _u3_state(self, a: torch.Tensor) -> torch.Tensor:
         c, n, groups = self.circuit, self.circuit.qubits, self.groups

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from qtrain import QTConfig, QTrainError, QuantumTrain
+from qtrain.circuits import Circuit
 from qtrain.generator import basis_bits
 from qtrain.layout import size_circuit
 from qtrain.models import toolkit_cnn
@@ -261,14 +262,71 @@ def test_features_gradient_is_finite_at_zero_probability():
 
 
 def test_gradients_reach_every_generator_part():
-    """A backward pass through qt(x) gives non-zero gradients on angles, mapping, gain and shift."""
+    """A backward pass through qt(x) gives non-zero gradients on angles, mapping, gain and shift.
+
+    The mapping's output bias is the exception: it adds one constant to every weight, which the
+    per-tensor standardisation removes, so its gradient is zero (up to rounding)."""
     torch.manual_seed(0)
     qt = QuantumTrain(toolkit_cnn(act="relu"), QTConfig(blocks=2))
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     nn.functional.cross_entropy(qt(x), y).backward()
     g = qt.generator
+    inert = g.mapping[-1].bias
     for name, p in [("angles", g.angles), ("gain", g.gain), ("shift", g.shift),
                     *g.mapping.named_parameters()]:
         assert p.grad is not None, name
-        assert p.grad.abs().sum() > 0, name
         assert torch.isfinite(p.grad).all(), name
+        if p is not inert:
+            assert p.grad.abs().sum() > 0, name
+    assert inert.grad.abs().max() < 1e-5 * g.mapping[-1].weight.grad.abs().max()
+
+
+def test_first_layer_equals_the_mapping_on_bits_and_features():
+    """The Kronecker-sum first layer equals the mapping's Linear on [bits(i), x_i], values and grads."""
+    from qtrain.generator import WeightGenerator
+
+    for n in (2, 5, 8):
+        c = Circuit(n, 2)
+        gen = WeightGenerator(c, 3, QTConfig(mapping_hidden=(7,)), [3 * 2**n],
+                              torch.ones(1), torch.zeros(1)).double()
+        x = torch.randn(2**n, dtype=torch.float64, requires_grad=True)
+        ours = gen._first_layer(x)
+        ref = gen.mapping[0](torch.cat([basis_bits(n).double(), x[:, None]], 1))
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+        r = torch.randn_like(ref)
+        g_ours = torch.autograd.grad((ours * r).sum(), [x, *gen.mapping[0].parameters()])
+        g_ref = torch.autograd.grad((ref * r).sum(), [x, *gen.mapping[0].parameters()])
+        for a, b in zip(g_ours, g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("by_slices,numbers", [(True, True), (True, False), (False, True)])
+def test_standardise_equals_the_plain_formula(by_slices, numbers, monkeypatch):
+    """Standardise gives (w - mean) / std * ref gain + ref shift per tensor and its gradients,
+    dropping the padding past M."""
+    from qtrain import fused
+    from qtrain.fused import Segments, Standardise
+
+    monkeypatch.setattr(fused, "number_scalars", lambda device: numbers)  # False: the GPU form
+
+    numels = [7, 1, 30, 5]
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn(47, dtype=torch.float64, generator=g).requires_grad_(True)
+    gain = torch.rand(4, dtype=torch.float64, generator=g).add(0.5).requires_grad_(True)
+    shift = torch.randn(4, dtype=torch.float64, generator=g).requires_grad_(True)
+    ref = torch.rand(4, dtype=torch.float64, generator=g).add(0.1)
+    counts = torch.tensor(numels, dtype=torch.float64)
+    segs = Segments(numels)
+    if by_slices != segs.by_slices:
+        segs.by_slices, segs.index = by_slices, torch.repeat_interleave(torch.arange(4), torch.tensor(numels))
+    ours = Standardise.apply(flat, gain, shift, ref, counts, segs)
+    parts = flat[:43].split(numels)
+    ref_out = torch.cat([(p - p.mean()) / torch.sqrt(p.var(unbiased=False) + 1e-12) * r * a + r * b
+                         for p, r, a, b in zip(parts, ref, gain, shift, strict=True)])
+    torch.testing.assert_close(ours, ref_out, rtol=0, atol=1e-12)
+    w = torch.randn(43, dtype=torch.float64, generator=g)
+    got = torch.autograd.grad((ours * w).sum(), [flat, gain, shift])
+    want = torch.autograd.grad((ref_out * w).sum(), [flat, gain, shift])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    assert got[0][43:].abs().max() == 0 and got[0][:43].abs().max() > 1e-3

@@ -173,3 +173,85 @@ def test_pennylane_backend_generates_same_weights(ansatz):
     pl = QuantumTrain(model, QTConfig(blocks=2, ansatz=ansatz, backend="pennylane"))
     pl.generator.load_state_dict(native.generator.state_dict())
     torch.testing.assert_close(pl.generator(), native.generator(), rtol=0, atol=1e-5)
+
+
+def test_ry_workspaces_are_not_shared_between_live_graphs():
+    """Two differentiable ry forwards before either backward give each its own correct gradient."""
+    c = Circuit(6, 3)
+    sim = NativeSimulator(c)
+    a, b = _angles(c, seed=1), _angles(c, seed=2)
+    w = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ga, gb = _probs_and_grad(sim, a, w)[1], _probs_and_grad(sim, b, w)[1]
+    a1, b1 = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    pa, pb = sim.probs(a1), sim.probs(b1)
+    (pb * w).sum().backward()
+    (pa * w).sum().backward()
+    torch.testing.assert_close(a1.grad, ga, rtol=0, atol=1e-12)
+    torch.testing.assert_close(b1.grad, gb, rtol=0, atol=1e-12)
+    assert not torch.allclose(ga, gb)
+
+
+def test_ry_second_backward_after_reuse_is_refused():
+    """A retained ry graph whose saved states a later forward reused refuses a second backward."""
+    c = Circuit(5, 2)
+    sim = NativeSimulator(c)
+    a = _angles(c).requires_grad_(True)
+    loss = sim.probs(a)[3]
+    loss.backward(retain_graph=True)
+    first = a.grad.clone()
+    loss.backward(retain_graph=True)  # nothing reused it yet: the same gradient again
+    torch.testing.assert_close(a.grad, 2 * first, rtol=0, atol=1e-12)
+    sim.probs(a.detach().clone().requires_grad_(True))  # takes the released workspace
+    with pytest.raises(RuntimeError, match="reused by a later forward"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+@pytest.mark.parametrize("n", [3, 6, 11])
+def test_float32_matches_pennylane_probs_and_grads(ansatz, n):
+    """In float32 (fast precision), probabilities and gradients match PennyLane's float64 run."""
+    c = Circuit(n, 2, ansatz)
+    angles = _angles(c, seed=50 + n)
+    w = torch.randn(2**n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    p_pl, g_pl = _probs_and_grad(PennyLaneSimulator(c, "default.qubit", diff_method="backprop"), angles, w)
+    p32, g32 = _probs_and_grad(NativeSimulator(c, "fast"), angles.float(), w.float())
+    assert p32.dtype == g32.dtype == torch.float32
+    torch.testing.assert_close(p32.double(), p_pl, rtol=0, atol=1e-6)
+    torch.testing.assert_close(g32.double(), g_pl, rtol=1e-4, atol=1e-5 * g_pl.abs().max().item())
+    assert g_pl.abs().max() > 1e-3
+
+
+def test_exact_precision_gives_float64_gradients_to_float32_angles():
+    """precision="exact" runs ry in float64 for float32 angles: probabilities and gradients come back
+    in float32, equal to the float64 run's rounded; "fast" is off by float32 rounding only."""
+    c = Circuit(9, 4)
+    a64 = _angles(c, seed=7)
+    w = torch.randn(2**9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    p64, g64 = _probs_and_grad(NativeSimulator(c), a64, w)
+    p_exact, g_exact = _probs_and_grad(NativeSimulator(c, "exact"), a64.float(), w.float())
+    p_fast, g_fast = _probs_and_grad(NativeSimulator(c, "fast"), a64.float(), w.float())
+    assert p_exact.dtype == g_exact.dtype == p_fast.dtype == torch.float32
+    torch.testing.assert_close(p_exact.double(), p64, rtol=1e-6, atol=1e-9)  # only the final rounding
+    torch.testing.assert_close(g_exact.double(), g64, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_fast.double(), g64, rtol=0, atol=1e-4)
+    assert (g_fast.double() - g64).abs().max() > (g_exact.double() - g64).abs().max()
+
+
+def test_bad_circuit_precision_is_refused():
+    """An unknown --circuit-precision is a QTrainError naming the choices."""
+    with pytest.raises(QTrainError, match="unknown --circuit-precision 'half': use one of exact, fast"):
+        QTConfig(circuit_precision="half")
+
+
+def test_cli_circuit_precision_is_recorded(tmp_path, capsys):
+    """compress --circuit-precision fast trains and records the setting in qtrain.json."""
+    import json
+
+    from qtrain.cli import main
+
+    out = tmp_path / "fast"
+    rc = main(["compress", "--epochs", "1", "--blocks", "1", "--chunk", "16", "--quiet",
+               "--circuit-precision", "fast", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    rec = json.loads((out / "qtrain.json").read_text())
+    assert rec["config"]["_data"]["qt"]["_data"]["circuit_precision"] == "fast"

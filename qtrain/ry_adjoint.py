@@ -1,0 +1,240 @@
+"""The ``ry`` circuit's probabilities as one autograd node, differentiated by the adjoint method.
+
+How it is laid out (each choice measured in benchmarks/bench_circuit.py):
+
+- real arithmetic; the rotation layer is one dense Kronecker factor per group of adjacent qubits,
+  built for every block at once by one gather and one product;
+- a factor is applied as ``F @ x^T`` with ``x`` viewed as (rest, group): one ``bmm`` that reads a
+  transposed view and writes the group's qubits first, so the next group is then last. After all
+  groups the qubit order is back where it started: no copies, no strided einsums;
+- the whole CNOT ring is one precomputed index permutation;
+- the forward pass keeps each factor's output (a few states per block, small next to the
+  network), so the backward pass only carries the gradient back: per group and block one ``bmm``
+  for it and one for the factor's gradient ``C = mu y^T``, from which all the group's angle
+  gradients follow by one fixed linear map.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+
+
+def _entry_index(length: int) -> torch.Tensor:
+    """For a group of ``length`` qubits, which RY entry each qubit contributes to F[i, j]:
+    (length, 4^length) codes 0 (cos), 1 (sin), 2 (-sin), qubit 0 the most significant."""
+    size = 2**length
+    i = np.arange(size)[:, None] >> np.arange(length - 1, -1, -1)  # (size, length) bits
+    ii, jj = i[:, None, :] & 1, i[None, :, :] & 1
+    code = np.where(ii == jj, 0, np.where(ii == 1, 1, 2))  # RY = [[c, -s], [s, c]]
+    return torch.from_numpy(code.reshape(size * size, length).T.copy())
+
+
+def _sign_map(length: int) -> torch.Tensor:
+    """(4^length, length) S with dL/dtheta_q = C.flatten() @ S[:, q]: +-1/2 on the pairs
+    (i, i with bit q cleared) of C = sum mu y^T (the adjoint rule <mu| A_q |y> / 2)."""
+    size = 2**length
+    s = torch.zeros(size, size, length, dtype=torch.float64)
+    for q in range(length):
+        bit = 1 << (length - 1 - q)
+        r = torch.arange(size)
+        r = r[(r & bit) != 0]
+        s[r, r ^ bit, q] = 0.5
+        s[r ^ bit, r, q] = -0.5
+    return s.reshape(size * size, length)
+
+
+class RyPlan:
+    """Precomputed indices for one circuit size on one device: groups, ring permutation, the
+    gather that builds every factor, and the gradient sign maps.
+
+    Args:
+        qubits: n.
+        groups: (start, length) of each Kronecker factor, contiguous, covering 0..n-1.
+        perm: the ring permutation, ``state[..., perm]`` applies the whole CNOT ring.
+        device: where the indices live.
+    """
+
+    def __init__(self, qubits: int, groups, perm: torch.Tensor, device):
+        self.qubits, self.groups = qubits, list(groups)
+        self.perm = perm.to(device)
+        self.inverse = torch.argsort(self.perm)
+        longest = max(length for _, length in self.groups)
+        # one gather for all factors from a table of rows cos (q), sin (n + q), -sin (2n + q)
+        # and a constant 1 (3n) that pads the shorter groups
+        parts, self.sizes = [], []
+        for start, length in self.groups:
+            idx = _entry_index(length) * qubits + (start + torch.arange(length))[:, None]
+            if length < longest:
+                idx = torch.cat([idx, torch.full((longest - length, idx.shape[1]), 3 * qubits)])
+            parts.append(idx)
+            self.sizes.append(2**length)
+        self.gather = torch.cat(parts, 1).to(device)  # (longest, sum 4^g)
+        self.signs = {}
+        self.device = device
+        self._free: dict[tuple, list[Workspace]] = {}
+
+    def signs_for(self, length: int, dtype: torch.dtype) -> torch.Tensor:
+        key = (length, dtype)
+        if key not in self.signs:
+            self.signs[key] = _sign_map(length).to(self.device, dtype)
+        return self.signs[key]
+
+    def factors(self, theta: torch.Tensor, out: torch.Tensor) -> None:
+        """Every group's factor for every block and angle set of theta (B, L, n), written into
+        out (L, B, sum 4^g), each group's flattened after the previous one's."""
+        n = theta.shape[-1]
+        half = theta.transpose(0, 1).reshape(-1, n).t() * 0.5
+        c, s = torch.cos(half), torch.sin(half)
+        table = torch.cat([c, s, -s, torch.ones_like(c[:1])])  # (3n + 1, L B)
+        entries = table.index_select(0, self.gather.flatten()).view(*self.gather.shape, -1)
+        out.view(-1, out.shape[-1]).copy_(entries.prod(0).t())
+
+    def workspace(self, batch: int, blocks: int, dtype, keep: bool) -> Workspace:
+        """A free workspace of this shape; give it back with :meth:`release` when done."""
+        free = self._free.setdefault((batch, blocks, dtype, keep), [])
+        ws = free.pop() if free else Workspace(self, batch, blocks, dtype, keep)
+        ws.owner = None
+        return ws
+
+    def release(self, ws: Workspace) -> None:
+        if any(w is ws for free in self._free.values() for w in free):
+            return
+        if len(self._free) > 8:  # many shapes (parameter-shift chunks): keep memory bounded
+            self._free.clear()
+        key = (ws.inputs.shape[1], ws.factors.shape[0], ws.inputs.dtype, ws.keep)
+        self._free.setdefault(key, []).append(ws)
+
+
+def _gather(src: torch.Tensor, dst: torch.Tensor, index: torch.Tensor):
+    """A callable writing ``src[:, index]`` into ``dst`` (both (B, 2^n)); a 1-D gather when B
+    is 1, which is measurably cheaper."""
+    if src.shape[0] == 1:
+        return partial(torch.index_select, src.view(-1), 0, index, out=dst.view(-1))
+    return partial(torch.index_select, src, 1, index, out=dst)
+
+
+def _views(buf: torch.Tensor, size: int, transpose: bool = False):
+    """Per block, ``buf[b]`` (B, 2^n) viewed as (B, size, rest), or as (B, rest, size)."""
+    blocks, batch, dim = buf.shape
+    if transpose:
+        return buf.view(blocks, batch, dim // size, size).unbind(0)
+    return buf.view(blocks, batch, size, dim // size).unbind(0)
+
+
+class Workspace:
+    """The buffers of one ry evaluation and every view of them, built once and reused by later
+    calls of the same shape (building the views costs more than the arithmetic at 13 qubits).
+
+    With ``keep`` (a differentiable call) every factor application's output is kept, one
+    (L, B, 2^n) buffer per group, for :meth:`backward`; without it, one block's worth is reused.
+    """
+
+    def __init__(self, plan: RyPlan, batch: int, blocks: int, dtype, keep: bool):
+        self.plan, self.keep, self.owner = plan, keep, None
+        dev, dim, count = plan.device, 2**plan.qubits, len(plan.groups)
+        slots = blocks if keep else 1
+        new = partial(torch.empty, dtype=dtype, device=dev)
+        self.factors = new(blocks, batch, sum(s * s for s in plan.sizes))
+        factors = [f.unflatten(-1, (s, s)) for f, s in
+                   zip(self.factors.split([s * s for s in plan.sizes], -1), plan.sizes, strict=True)]
+        self.inputs = new(1, batch, dim)  # the current block's input, after the ring
+        self.outputs = [new(slots, batch, dim) for _ in range(count)]
+        self.forward_ops = []  # per group, last first: (factors, input views, output views)
+        for g in reversed(range(count)):
+            size = plan.sizes[g]
+            if g == count - 1:
+                ins = [_views(self.inputs, size, transpose=True)[0].transpose(1, 2)] * slots
+            else:
+                ins = [v.transpose(1, 2) for v in _views(self.outputs[g + 1], size, transpose=True)]
+            self.forward_ops.append((factors[g].unbind(0), ins, _views(self.outputs[g], size)))
+        self.ring = [_gather(y, self.inputs[0], plan.perm) for y in self.outputs[0].unbind(0)]
+        if keep:
+            self._backward_buffers(factors, batch, blocks)
+
+    def _backward_buffers(self, factors, batch: int, blocks: int):
+        plan, count = self.plan, len(self.outputs)
+        self.grads = [torch.empty_like(y) for y in self.outputs]  # dL/d(each factor's output)
+        to_input = torch.empty_like(self.inputs)  # dL/d(the current block's input)
+        self.backward_ops = []  # per group, first first: (mu^T views, factors, destinations)
+        for g in range(count):
+            size = plan.sizes[g]
+            mus = [v.transpose(1, 2) for v in _views(self.grads[g], size)]
+            if g == count - 1:
+                dsts = _views(to_input, size, transpose=True) * blocks
+            else:
+                dsts = _views(self.grads[g + 1], size, transpose=True)
+            self.backward_ops.append((mus, factors[g].unbind(0), dsts))
+        self.ring_back = [_gather(to_input[0], lam, plan.inverse) for lam in self.grads[0].unbind(0)]
+        self.pairs = []  # per group: mu and y of every block as (L B, size, rest), and its signs
+        for g, (mu, y) in enumerate(zip(self.grads, self.outputs, strict=True)):
+            size = plan.sizes[g]
+            self.pairs.append((mu.view(-1, size, mu.shape[-1] // size),
+                               y.view(-1, size, y.shape[-1] // size).transpose(1, 2),
+                               plan.signs_for(plan.groups[g][1], y.dtype)))
+        self.last_grad = self.grads[0][-1]
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        """The final state (B, 2^n) of angles (B, L, n), a new tensor."""
+        self.plan.factors(theta, out=self.factors)
+        self.inputs[0].zero_()
+        self.inputs[0, :, 0] = 1
+        keep, ring = self.keep, self.ring
+        for b in range(theta.shape[1]):
+            slot = b if keep else 0
+            if b:
+                ring[b - 1 if keep else 0]()
+            for fs, ins, outs in self.forward_ops:
+                torch.bmm(fs[b], ins[slot], out=outs[slot])
+        return _permute(self.outputs[0][-1], self.plan.perm)
+
+    def backward(self, lam: torch.Tensor) -> torch.Tensor:
+        """dL/dtheta (B, L, n) from lam = dL/dpsi (B, 2^n) of the final state."""
+        blocks, batch = self.outputs[0].shape[0], lam.shape[0]
+        _permute(lam, self.plan.inverse, out=self.last_grad)
+        ops, last = self.backward_ops, len(self.backward_ops) - 1
+        for b in reversed(range(blocks)):
+            for g, (mus, fs, dsts) in enumerate(ops):
+                if b or g < last:
+                    torch.bmm(mus[b], fs[b], out=dsts[b])
+            if b:
+                self.ring_back[b - 1]()
+        # C = sum mu y^T per group, block and batch row; the angles' gradient is linear in it
+        grads = [torch.bmm(mu, y).flatten(1) @ signs for mu, y, signs in self.pairs]
+        return torch.cat(grads, 1).view(blocks, batch, -1).transpose(0, 1)
+
+
+def _permute(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x[:, index] for x (B, 2^n)."""
+    if x.shape[0] == 1:
+        flat = None if out is None else out.view(-1)
+        return torch.index_select(x.view(-1), 0, index, out=flat).view(1, -1)
+    return torch.index_select(x, 1, index, out=out)
+
+
+class RyProbs(torch.autograd.Function):
+    """Probabilities (B, 2^n) of the ry circuit for angles (B, L, n), in the angles' dtype."""
+
+    @staticmethod
+    def forward(ctx, theta, plan):
+        keep = ctx.needs_input_grad[0]
+        ws = plan.workspace(theta.shape[0], theta.shape[1], theta.dtype, keep)
+        psi = ws.forward(theta)
+        if keep:
+            ws.owner = ctx.token = object()
+            ctx.plan, ctx.ws, ctx.psi = plan, ws, psi
+        else:
+            plan.release(ws)
+        return psi * psi
+
+    @staticmethod
+    def backward(ctx, grad_p):
+        psi, ws = ctx.psi, ctx.ws
+        if ws.owner is not ctx.token:  # a second backward (retain_graph) after a later forward
+            raise RuntimeError("the ry circuit's saved states were reused by a later forward "
+                               "pass: run its backward once, before the next forward")
+        grad = ws.backward(2 * psi * grad_p)
+        ctx.plan.release(ws)  # still ours until another forward takes it
+        return grad, None
