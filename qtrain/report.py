@@ -61,6 +61,10 @@ def info_lines(rec: dict, folder: str | Path) -> list[str]:
                      + (", labelled by MODEL" if d.get("labels") == "teacher" else "") + "): "
                      f"{d.get('train_size', 0):,} train / {d.get('test_size', 0):,} test, input "
                      f"{tuple(d.get('input_shape') or ())}")
+    kd = cfg.get("distill", {}).get("_data", {})
+    if kd.get("enabled"):
+        lines.append(f"distillation   from MODEL's outputs: alpha {kd.get('alpha')}, temperature "
+                     f"{kd.get('temperature')}")
     if tr:
         lines.append(f"training       {tr.get('epochs')} epochs, batch {tr.get('batch_size')}, Adam "
                      f"lr {tr.get('lr')}, {tr.get('schedule')} schedule, clip {tr.get('clip')}, "

@@ -163,6 +163,7 @@ def test_distill_with_labels_records_agreement(teacher, tmp_path, capsys):
     rec = json.loads((out / "qtrain.json").read_text())
     d = rec["config"]["_data"]["distill"]["_data"]
     assert (d["alpha"], d["temperature"]) == (0.7, 2.0)
+    assert "distillation   from MODEL's outputs: alpha 0.7, temperature 2.0" in _cli(capsys, "info", out)[1]
     assert rec["data"]["labels"] == "data"
     assert rec["metrics"]["original"]["test_accuracy"] == pytest.approx(teacher["accuracy"])
     assert 0 <= rec["metrics"]["agreement"]["top1"] <= 1
