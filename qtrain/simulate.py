@@ -18,6 +18,7 @@ import torch
 
 from .circuits import Circuit, ring_pairs
 from .ry_adjoint import RyPlan, RyProbs
+from .u3_adjoint import U3Plan, U3State, window_matrices, window_spans
 
 
 def group_size(n: int) -> int:
@@ -143,6 +144,9 @@ class NativeSimulator:
         self.groups = qubit_groups(circuit.qubits, 4 if circuit.ansatz == "u3" else None)
         self._perm = ring_permutation(circuit.qubits) if circuit.ansatz == "ry" else None
         self._plans: dict[torch.device, RyPlan] = {}
+        # u3 from 4 qubits: windows of adjacent qubits through one adjoint Function
+        self._u3 = U3Plan(circuit.qubits) if circuit.ansatz == "u3" and \
+            len(window_spans(circuit.qubits)) > 1 else None
 
     def _plan_on(self, device: torch.device) -> RyPlan:
         if device not in self._plans:
@@ -180,6 +184,9 @@ class NativeSimulator:
     def _u3_state(self, a: torch.Tensor) -> torch.Tensor:
         c, n, groups = self.circuit, self.circuit.qubits, self.groups
         ang = a.reshape(a.shape[0], c.blocks, 2, n, 3)
+        if self._u3 is not None:
+            mats = window_matrices(u3_matrices(ang[:, :, 0]), _controlled(u3_matrices(ang[:, :, 1])), n)
+            return U3State.apply(self._u3, *mats)
         factors = self._layer_factors(u3_matrices(ang[:, :, 0]))
         cu = _controlled(u3_matrices(ang[:, :, 1]))  # (B, L, n, 4, 4), pair i = (i, i+1 mod n)
         # inside a group the CU3 chain is one matrix; the group's U3 factor folds into it only
