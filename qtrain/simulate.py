@@ -185,7 +185,7 @@ class NativeSimulator:
         c, n, groups = self.circuit, self.circuit.qubits, self.groups
         ang = a.reshape(a.shape[0], c.blocks, 2, n, 3)
         if self._u3 is not None:
-            mats = window_matrices(u3_matrices(ang[:, :, 0]), _controlled(u3_matrices(ang[:, :, 1])), n)
+            mats = window_matrices(u3_matrices(ang), n, self._u3.layout)
             return U3State.apply(self._u3, *mats)
         factors = self._layer_factors(u3_matrices(ang[:, :, 0]))
         cu = _controlled(u3_matrices(ang[:, :, 1]))  # (B, L, n, 4, 4), pair i = (i, i+1 mod n)

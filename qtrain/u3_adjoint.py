@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import torch
 
-NEW_QUBITS = 2  # qubits each window adds: windows of 3 (8x8 complex) measured best at 13 qubits
+
+def new_qubits(n: int) -> int:
+    """Qubits each window adds (measured on 2 CPU cores, 8 blocks: 2, windows of 3 qubits, up to
+    11 qubits; 3 from 12, where fewer passes beat the bigger matrices' flops)."""
+    return 2 if n <= 11 else 3
 
 
-def window_spans(n: int, new: int = NEW_QUBITS) -> list[tuple[int, int]]:
+def window_spans(n: int, new: int | None = None) -> list[tuple[int, int]]:
     """(start, end) inclusive of each window of one block, in order; windows after the first
     share their first qubit with the previous window's last."""
+    new = new or new_qubits(n)
     spans, end = [(0, min(new, n - 1))], min(new, n - 1)
     while end < n - 1:
         start, end = end, min(end + new, n - 1)
@@ -38,48 +43,67 @@ def _kron(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.reshape(*out.shape[:-4], m * k, m * k)
 
 
-def _eye(size: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.eye(size, dtype=like.dtype, device=like.device).expand(*like.shape[:-2], -1, -1)
+class _Layout:
+    """Which U3 and CU3 fill each position of each window, padded to the longest window with
+    identities (index n); the shorter windows are cut out of their padded matrix."""
+
+    def __init__(self, n: int):
+        self.spans = window_spans(n)
+        self.width = max(e - s + 1 for s, e in self.spans)
+        layer, pairs = [], []
+        for k, (start, end) in enumerate(self.spans):
+            for j in range(self.width):
+                q = start + j
+                layer.append(q if q <= end and (j or not k) else n)
+            for j in range(self.width - 1):
+                q = start + j
+                pairs.append(q if q + 1 <= end else n)
+        self.layer, self.pairs = torch.tensor(layer), torch.tensor(pairs)
+        self._on: dict = {}
+
+    def on(self, device):
+        if device not in self._on:
+            self._on[device] = (self.layer.to(device), self.pairs.to(device))
+        return self._on[device]
 
 
-def window_matrices(u: torch.Tensor, cu: torch.Tensor, n: int) -> list[torch.Tensor]:
+def window_matrices(u: torch.Tensor, n: int, layout: _Layout | None = None) -> list[torch.Tensor]:
     """Per window, its matrix for every angle set and block: (B, L, 2^w, 2^w) over the window's
     qubits in order (the last window: qubit 0 first, then its span).
 
     Args:
-        u: U3 matrices (B, L, n, 2, 2) of every qubit.
-        cu: CU3 matrices (B, L, n, 4, 4), control first, of ring pair i = (i, i+1 mod n).
+        u: U3 matrices (B, L, 2, n, 2, 2): ``[:, :, 0, q]`` the U3 on qubit q, ``[:, :, 1, i]``
+            the U3 that CU3 pair i = (i, i+1 mod n) applies to its target.
     """
-    spans = window_spans(n)
+    layout = layout or _Layout(n)
+    batch, blocks = u.shape[:2]
+    count, width = len(layout.spans), layout.width
+    eye = torch.eye(2, dtype=u.dtype, device=u.device).expand(batch, blocks, 1, 2, 2)
+    layer_idx, pair_idx = layout.on(u.device)
+    table = torch.cat([u[:, :, 0], eye], 2).index_select(2, layer_idx)
+    table = table.view(batch, blocks, count, width, 2, 2)
+    gates = torch.cat([u[:, :, 1], eye], 2).index_select(2, pair_idx)
+    gates = gates.view(batch, blocks, count, width - 1, 2, 2)
+    m = table[:, :, :, 0]
+    for j in range(1, width):
+        m = _kron(m, table[:, :, :, j])
+    size = 2**width
+    for j in range(width - 1):  # CU3 on local (j, j+1): U on the target where the control is 1
+        v = m.view(batch, blocks, count, 2**j, 2, 2, -1)
+        hit = torch.matmul(gates[:, :, :, j, None], v[:, :, :, :, 1])
+        m = torch.stack([v[:, :, :, :, 0], hit], 4).view(batch, blocks, count, size, size)
     mats = []
-    for k, (start, end) in enumerate(spans):
-        first = start if k == 0 else start + 1
-        layer = u[:, :, first]
-        for q in range(first + 1, end + 1):
-            layer = _kron(layer, u[:, :, q])
-        if k:
-            layer = _kron(_eye(2, layer), layer)  # the shared qubit's U3 came before
-        length = end - start + 1
-        m = layer
-        for i in range(length - 1):  # CU3 (start + i, start + i + 1) on local qubits i, i+1
-            gate = cu[:, :, start + i]
-            if i:
-                gate = _kron(_eye(2**i, gate), gate)
-            if length - i - 2:
-                gate = _kron(gate, _eye(2 ** (length - i - 2), gate))
-            m = torch.matmul(gate, m)
-        if k == len(spans) - 1:  # the ring's closing CU3(n-1 -> 0): qubit 0 goes first
-            size = 2**length
-            m = _kron(_eye(2, m), m)
-            proj = torch.zeros(2, 2, dtype=m.dtype, device=m.device)
-            proj1 = proj.clone()
-            proj[0, 0], proj1[1, 1] = 1, 1
-            rest = torch.eye(size // 2, dtype=m.dtype, device=m.device)
-            off = _kron(rest, proj)  # control |0>: identity on qubit 0
-            on = _kron(rest, proj1)
-            close = _kron(_eye(2, m), off) + _kron(cu[:, :, n - 1, 2:, 2:], on)
-            m = torch.matmul(close, m)
-        mats.append(m)
+    for k, (start, end) in enumerate(layout.spans):
+        step = 2 ** (width - (end - start + 1))
+        mats.append(m[:, :, k, ::step, ::step] if step > 1 else m[:, :, k])
+    # the ring's closing CU3(n-1 -> 0) after the last window, qubit 0 first: rows whose last
+    # qubit is 1 get U on qubit 0, the others the identity
+    last = mats[-1]
+    s = last.shape[-1]
+    close = torch.stack([eye[:, :, 0], u[:, :, 1, n - 1]], -1)  # (B, L, 2, 2, 2): [a, a', c]
+    close = close[..., None, :].expand(batch, blocks, 2, 2, s // 2, 2).reshape(batch, blocks, 2, 2, s)
+    full = close[..., :, None] * last[:, :, None, None]  # (B, L, a, a', i, j)
+    mats[-1] = full.transpose(3, 4).reshape(batch, blocks, 2 * s, 2 * s)
     return mats
 
 
@@ -148,7 +172,7 @@ class U3Plan:
 
     def __init__(self, n: int):
         spans = window_spans(n)
-        self.n = n
+        self.n, self.layout = n, _Layout(n)
         self.ops = [_Op(n, s, e, k == len(spans) - 1) for k, (s, e) in enumerate(spans)]
 
 
