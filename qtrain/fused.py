@@ -36,6 +36,26 @@ class BitsLinear(torch.autograd.Function):
         return grad @ weight[:, n], grad_w, g_low.sum(0), None, None
 
 
+class LinearRows(torch.autograd.Function):
+    """``F.linear(h, weight, bias)`` for h (rows, in) with many rows: the same forward; the
+    backward takes the weight's gradient as (h^T g)^T and the bias's as one matrix-vector
+    product, instead of g^T h and a reduction over g's rows (~0.25 ms less per step for the
+    mapping's 16384 x 66 output, benchmarks/bench_step.py)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        ctx.save_for_backward(h, weight)
+        return torch.addmm(bias, h, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight = ctx.saved_tensors
+        grad_h = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_w = (h.t() @ grad).t()
+        grad_b = grad.t().mv(grad.new_ones(grad.shape[0]))
+        return grad_h, grad_w, grad_b
+
+
 SLICE_MIN = 4096  # average elements per tensor above which per-slice ops beat a segment index
 
 

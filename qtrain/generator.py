@@ -7,7 +7,7 @@ from torch import nn
 
 from .circuits import Circuit
 from .config import QTConfig
-from .fused import BitsLinear, Segments, Standardise
+from .fused import BitsLinear, LinearRows, Segments, Standardise
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "none": nn.Identity}
 
@@ -92,7 +92,11 @@ class WeightGenerator(nn.Module):
     def forward(self) -> torch.Tensor:
         """The flat vector of M generated weights."""
         x = self.features(self.probabilities())
-        flat = self.mapping[1:](self._first_layer(x)).reshape(-1)
+        h = self._first_layer(x)
+        if len(self.mapping) > 1:  # the output layer by rows (no hidden layer: it is the first)
+            last = self.mapping[-1]
+            h = LinearRows.apply(self.mapping[1:-1](h), last.weight, last.bias)
+        flat = h.reshape(-1)
         if self.cfg.scaling == "none":
             flat = flat[: self.size]
             return flat - flat.mean()

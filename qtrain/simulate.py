@@ -23,8 +23,9 @@ from .u3_adjoint import U3Plan, U3State, window_matrices, window_spans
 
 def group_size(n: int) -> int:
     """Qubits per Kronecker factor (ry), as measured best on 2 CPU cores: bigger factors mean
-    fewer kernels but more flops per amplitude (5 beat 6 and 7 from 10 to 20 qubits)."""
-    return 4 if n <= 8 else 5
+    fewer kernels but more flops per amplitude (8 blocks fwd + bwd, one thread: 4 beat 3, 5 and
+    6 from 9 to 15 qubits, in float64 and float32, by 5-15% at 13-15; 5 beat 6 and 7 above)."""
+    return 4 if n <= 15 else 5
 
 
 def qubit_groups(n: int, size: int | None = None) -> list[tuple[int, int]]:
