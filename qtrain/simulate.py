@@ -6,9 +6,11 @@ What makes it fast (measured in benchmarks/bench_circuit.py):
 - a rotation layer is applied as Kronecker factors over groups of adjacent qubits, a few batched
   matmuls instead of one kernel per qubit; the factors of every block are built at once;
 - the whole CNOT ring is one precomputed index permutation;
-- for ``u3``, the first layer acts on |0...0> (the outer product of the factors' first columns),
-  and the CU3 gates inside a group are multiplied into one factor with the group's U3 layer
-  where the order allows, so a block costs a few matmuls, not one op per gate.
+- ``u3`` from 4 qubits runs as one autograd node with an adjoint backward
+  (:mod:`qtrain.u3_adjoint`): a block is a few windows of adjacent qubits, each with its U3s and
+  CU3 chain in one matrix, applied by one batched matmul on a view of the state; for 2 and 3
+  qubits the first layer acts on |0...0> (the outer product of the factors' first columns), and
+  the CU3 gates inside a group are multiplied into one factor with the group's U3 layer.
 """
 
 from __future__ import annotations
