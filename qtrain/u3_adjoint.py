@@ -208,5 +208,4 @@ class U3State(torch.autograd.Function):
                 i = b * count + k
                 grads[k][:, b] = ops[k].backward(mats[k][:, b], states[i], mu, spare)
                 mu, spare = spare, mu
-        ctx.states = None
         return (None, *grads)

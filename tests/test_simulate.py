@@ -285,3 +285,14 @@ def test_u3_window_spans_cover_the_ring():
         assert spans[0][0] == 0 and spans[-1][1] == n - 1
         for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
             assert start == end
+
+
+def test_u3_second_backward_with_retained_graph():
+    """The u3 adjoint keeps its states with the graph: a retained graph differentiates twice."""
+    c = Circuit(6, 2, "u3")
+    a = _angles(c, seed=3).requires_grad_(True)
+    loss = (NativeSimulator(c).probs(a) * torch.arange(64.0, dtype=torch.float64)).sum()
+    loss.backward(retain_graph=True)
+    first = a.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(a.grad, 2 * first, rtol=0, atol=1e-12)
