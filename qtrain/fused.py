@@ -36,6 +36,27 @@ class BitsLinear(torch.autograd.Function):
         return grad @ weight[:, n], grad_w, g_low.sum(0), None, None
 
 
+class LinearRows(torch.autograd.Function):
+    """``F.linear(h, weight, bias)`` for h (rows, in) with many rows, as one matmul of
+    [h, 1] with [weight, bias]: ``addmm`` would first copy the broadcast bias into the whole
+    (rows, out) output, and its backward reduce the gradient over the rows for the bias; here
+    the weight's and the bias's gradients are one (in + 1, rows) x (rows, out) matmul
+    (benchmarks/bench_step.py: the mapping's 16384 x 66 output layer)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        ones = torch.cat([h, h.new_ones(h.shape[0], 1)], 1)
+        ctx.save_for_backward(ones, weight)
+        return ones @ torch.cat([weight, bias[:, None]], 1).t()
+
+    @staticmethod
+    def backward(ctx, grad):
+        ones, weight = ctx.saved_tensors
+        grad_h = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_wb = (ones.t() @ grad).t()
+        return grad_h, grad_wb[:, :-1], grad_wb[:, -1]
+
+
 SLICE_MIN = 4096  # average elements per tensor above which per-slice ops beat a segment index
 
 

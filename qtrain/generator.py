@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .circuits import Circuit
 from .config import QTConfig
-from .fused import BitsLinear, Segments, Standardise
+from .fused import BitsLinear, LinearRows, Segments, Standardise
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "none": nn.Identity}
 
@@ -44,6 +45,7 @@ class WeightGenerator(nn.Module):
     def __init__(self, circuit: Circuit, chunk: int, cfg: QTConfig, numels: list[int],
                  init_std: torch.Tensor, init_mean: torch.Tensor):
         super().__init__()
+        keep_freed_memory()  # once per process: no page faults on every step's 4-MiB tensors
         self.circuit, self.chunk, self.cfg = circuit, chunk, cfg
         self.size = sum(numels)
         self.angles = nn.Parameter(circuit.init_angles())
@@ -92,7 +94,11 @@ class WeightGenerator(nn.Module):
     def forward(self) -> torch.Tensor:
         """The flat vector of M generated weights."""
         x = self.features(self.probabilities())
-        flat = self.mapping[1:](self._first_layer(x)).reshape(-1)
+        h = self._first_layer(x)
+        if len(self.mapping) > 1:  # the output layer by rows (no hidden layer: it is the first)
+            last = self.mapping[-1]
+            h = LinearRows.apply(self.mapping[1:-1](h), last.weight, last.bias)
+        flat = h.reshape(-1)
         if self.cfg.scaling == "none":
             flat = flat[: self.size]
             return flat - flat.mean()

@@ -6,9 +6,11 @@ What makes it fast (measured in benchmarks/bench_circuit.py):
 - a rotation layer is applied as Kronecker factors over groups of adjacent qubits, a few batched
   matmuls instead of one kernel per qubit; the factors of every block are built at once;
 - the whole CNOT ring is one precomputed index permutation;
-- for ``u3``, the first layer acts on |0...0> (the outer product of the factors' first columns),
-  and the CU3 gates inside a group are multiplied into one factor with the group's U3 layer
-  where the order allows, so a block costs a few matmuls, not one op per gate.
+- ``u3`` from 4 qubits runs as one autograd node with an adjoint backward
+  (:mod:`qtrain.u3_adjoint`): a block is a few windows of adjacent qubits, each with its U3s and
+  CU3 chain in one matrix, applied by one batched matmul on a view of the state; for 2 and 3
+  qubits the first layer acts on |0...0> (the outer product of the factors' first columns), and
+  the CU3 gates inside a group are multiplied into one factor with the group's U3 layer.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import torch
 
 from .circuits import Circuit, ring_pairs
 from .ry_adjoint import RyPlan, RyProbs
+from .u3_adjoint import U3Plan, U3State, window_matrices, window_spans
 
 
 def group_size(n: int) -> int:
     """Qubits per Kronecker factor (ry), as measured best on 2 CPU cores: bigger factors mean
-    fewer kernels but more flops per amplitude (5 beat 6 and 7 from 10 to 20 qubits)."""
-    return 4 if n <= 8 else 5
+    fewer kernels but more flops per amplitude (8 blocks fwd + bwd, one thread: 4 beat 3, 5 and
+    6 from 9 to 15 qubits, in float64 and float32, by 5-15% at 13-15; 5 beat 6 and 7 above)."""
+    return 4 if n <= 15 else 5
 
 
 def qubit_groups(n: int, size: int | None = None) -> list[tuple[int, int]]:
@@ -143,6 +147,9 @@ class NativeSimulator:
         self.groups = qubit_groups(circuit.qubits, 4 if circuit.ansatz == "u3" else None)
         self._perm = ring_permutation(circuit.qubits) if circuit.ansatz == "ry" else None
         self._plans: dict[torch.device, RyPlan] = {}
+        # u3 from 4 qubits: windows of adjacent qubits through one adjoint Function
+        self._u3 = U3Plan(circuit.qubits) if circuit.ansatz == "u3" and \
+            len(window_spans(circuit.qubits)) > 1 else None
 
     def _plan_on(self, device: torch.device) -> RyPlan:
         if device not in self._plans:
@@ -180,6 +187,9 @@ class NativeSimulator:
     def _u3_state(self, a: torch.Tensor) -> torch.Tensor:
         c, n, groups = self.circuit, self.circuit.qubits, self.groups
         ang = a.reshape(a.shape[0], c.blocks, 2, n, 3)
+        if self._u3 is not None:
+            mats = window_matrices(u3_matrices(ang), n, self._u3.layout)
+            return U3State.apply(self._u3, *mats)
         factors = self._layer_factors(u3_matrices(ang[:, :, 0]))
         cu = _controlled(u3_matrices(ang[:, :, 1]))  # (B, L, n, 4, 4), pair i = (i, i+1 mod n)
         # inside a group the CU3 chain is one matrix; the group's U3 factor folds into it only
