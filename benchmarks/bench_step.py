@@ -27,6 +27,7 @@ from _timing import machine, time_interleaved
 from torch import nn
 
 from qtrain import QTConfig, QuantumTrain
+from qtrain.allocator import keep_freed_memory
 from qtrain.models import toolkit_cnn
 
 
@@ -79,6 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as qtrain's training loop (train.fit) does; QTRAIN_MALLOC_TUNE=0 opts out
     warnings.filterwarnings("ignore")
     if args.case == "1m":
         print(json.dumps(case_1m(args.rounds)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .allocator import keep_freed_memory
 from .circuits import Circuit
 from .config import QTConfig
 from .fused import BitsLinear, LinearRows, Segments, Standardise
@@ -45,7 +44,6 @@ class WeightGenerator(nn.Module):
     def __init__(self, circuit: Circuit, chunk: int, cfg: QTConfig, numels: list[int],
                  init_std: torch.Tensor, init_mean: torch.Tensor):
         super().__init__()
-        keep_freed_memory()  # once per process: no page faults on every step's 4-MiB tensors
         self.circuit, self.chunk, self.cfg = circuit, chunk, cfg
         self.size = sum(numels)
         self.angles = nn.Parameter(circuit.init_angles())
