@@ -76,10 +76,15 @@ class RyPlan:
         self.device = device
         self._free: dict[tuple, list[Workspace]] = {}
 
-    def signs_for(self, length: int, dtype: torch.dtype) -> torch.Tensor:
-        key = (length, dtype)
+    def signs_for(self, g: int, dtype: torch.dtype) -> torch.Tensor:
+        """Group g's sign map times 2 (the factor of dL/dpsi = 2 psi dL/dp, exact in floating
+        point), with zero columns for the other groups' qubits: (4^length, n)."""
+        key = (g, dtype)
         if key not in self.signs:
-            self.signs[key] = _sign_map(length).to(self.device, dtype)
+            start, length = self.groups[g]
+            full = torch.zeros(4**length, self.qubits, dtype=torch.float64)
+            full[:, start: start + length] = 2 * _sign_map(length)
+            self.signs[key] = full.to(self.device, dtype)
         return self.signs[key]
 
     def factors(self, theta: torch.Tensor, out: torch.Tensor) -> None:
@@ -151,6 +156,16 @@ class Workspace:
                 ins = [v.transpose(1, 2) for v in _views(self.outputs[g + 1], size, transpose=True)]
             self.forward_ops.append((factors[g].unbind(0), ins, _views(self.outputs[g], size)))
         self.ring = [_gather(y, self.inputs[0], plan.perm) for y in self.outputs[0].unbind(0)]
+        self.origin = self.inputs[0, :, 0]
+        self.last = self.outputs[0][-1]  # the final state before the last ring
+        # the whole forward pass as a flat list of bound calls (no per-call Python indexing)
+        self.forward_calls = []
+        for b in range(blocks):
+            slot = b if keep else 0
+            if b:
+                self.forward_calls.append(self.ring[b - 1 if keep else 0])
+            for fs, ins, outs in self.forward_ops:
+                self.forward_calls.append(partial(torch.bmm, fs[b], ins[slot], out=outs[slot]))
         if keep:
             self._backward_buffers(factors, batch, blocks)
 
@@ -168,42 +183,50 @@ class Workspace:
                 dsts = _views(self.grads[g + 1], size, transpose=True)
             self.backward_ops.append((mus, factors[g].unbind(0), dsts))
         self.ring_back = [_gather(to_input[0], lam, plan.inverse) for lam in self.grads[0].unbind(0)]
-        self.pairs = []  # per group: mu and y of every block as (L B, size, rest), and its signs
+        self.last_grad = self.grads[0][-1]
+        self.backward_calls = []
+        last = count - 1
+        for b in reversed(range(blocks)):
+            for g, (mus, fs, dsts) in enumerate(self.backward_ops):
+                if b or g < last:
+                    self.backward_calls.append(partial(torch.bmm, mus[b], fs[b], out=dsts[b]))
+            if b:
+                self.backward_calls.append(self.ring_back[b - 1])
+        # per group: mu and y of every block as (L B, size, rest), a buffer for C = mu y^T, its
+        # sign map and where the angles' gradient goes (accumulated over the groups)
+        self.angle_grad = self.inputs.new_empty(blocks * batch, plan.qubits)
+        self.pairs = []
         for g, (mu, y) in enumerate(zip(self.grads, self.outputs, strict=True)):
             size = plan.sizes[g]
             self.pairs.append((mu.view(-1, size, mu.shape[-1] // size),
                                y.view(-1, size, y.shape[-1] // size).transpose(1, 2),
-                               plan.signs_for(plan.groups[g][1], y.dtype)))
-        self.last_grad = self.grads[0][-1]
+                               self.inputs.new_empty(blocks * batch, size, size),
+                               plan.signs_for(g, y.dtype)))
 
-    def forward(self, theta: torch.Tensor) -> torch.Tensor:
-        """The final state (B, 2^n) of angles (B, L, n), a new tensor."""
+    def forward(self, theta: torch.Tensor) -> None:
+        """Runs the circuit for angles (B, L, n); the final state, before the last ring, is left
+        in ``self.last`` (the state is ``self.last[:, perm]``)."""
         self.plan.factors(theta, out=self.factors)
         self.inputs[0].zero_()
-        self.inputs[0, :, 0] = 1
-        keep, ring = self.keep, self.ring
-        for b in range(theta.shape[1]):
-            slot = b if keep else 0
-            if b:
-                ring[b - 1 if keep else 0]()
-            for fs, ins, outs in self.forward_ops:
-                torch.bmm(fs[b], ins[slot], out=outs[slot])
-        return _permute(self.outputs[0][-1], self.plan.perm)
+        self.origin.fill_(1)
+        for step in self.forward_calls:
+            step()
 
-    def backward(self, lam: torch.Tensor) -> torch.Tensor:
-        """dL/dtheta (B, L, n) from lam = dL/dpsi (B, 2^n) of the final state."""
-        blocks, batch = self.outputs[0].shape[0], lam.shape[0]
-        _permute(lam, self.plan.inverse, out=self.last_grad)
-        ops, last = self.backward_ops, len(self.backward_ops) - 1
-        for b in reversed(range(blocks)):
-            for g, (mus, fs, dsts) in enumerate(ops):
-                if b or g < last:
-                    torch.bmm(mus[b], fs[b], out=dsts[b])
-            if b:
-                self.ring_back[b - 1]()
+    def backward(self) -> torch.Tensor:
+        """dL/dtheta (B, L, n) given ``self.last_grad`` = dL/d(``self.last``) / 2 (the factor 2
+        is in the sign maps)."""
+        for step in self.backward_calls:
+            step()
         # C = sum mu y^T per group, block and batch row; the angles' gradient is linear in it
-        grads = [torch.bmm(mu, y).flatten(1) @ signs for mu, y, signs in self.pairs]
-        return torch.cat(grads, 1).view(blocks, batch, -1).transpose(0, 1)
+        out = self.angle_grad
+        for g, (mu, y, c, signs) in enumerate(self.pairs):
+            torch.bmm(mu, y, out=c)
+            if g:
+                out.addmm_(c.view(c.shape[0], -1), signs)
+            else:
+                torch.mm(c.view(c.shape[0], -1), signs, out=out)
+        blocks, batch = self.outputs[0].shape[0], self.outputs[0].shape[1]
+        return out.view(blocks, batch, -1).transpose(0, 1)
 
 
 def _permute(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -215,26 +238,32 @@ def _permute(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = No
 
 
 class RyProbs(torch.autograd.Function):
-    """Probabilities (B, 2^n) of the ry circuit for angles (B, L, n), in the angles' dtype."""
+    """Probabilities (B, 2^n) of the ry circuit for angles (B, L, n), run in ``dtype`` (the
+    angles' by default), returned and differentiated in the angles' dtype."""
 
     @staticmethod
-    def forward(ctx, theta, plan):
+    def forward(ctx, theta, plan, dtype=None):
         keep = ctx.needs_input_grad[0]
-        ws = plan.workspace(theta.shape[0], theta.shape[1], theta.dtype, keep)
-        psi = ws.forward(theta)
+        dtype = dtype or theta.dtype
+        ws = plan.workspace(theta.shape[0], theta.shape[1], dtype, keep)
+        ws.forward(theta.to(dtype))
+        psi = _permute(ws.last, plan.perm)
         if keep:
             ws.owner = ctx.token = object()
-            ctx.plan, ctx.ws, ctx.psi = plan, ws, psi
+            ctx.plan, ctx.ws = plan, ws
         else:
             plan.release(ws)
-        return psi * psi
+        # squared in the circuit's dtype, rounded once to the angles'
+        return torch.mul(psi, psi, out=theta.new_empty(psi.shape))
 
     @staticmethod
     def backward(ctx, grad_p):
-        psi, ws = ctx.psi, ctx.ws
+        ws = ctx.ws
         if ws.owner is not ctx.token:  # a second backward (retain_graph) after a later forward
             raise RuntimeError("the ry circuit's saved states were reused by a later forward "
                                "pass: run its backward once, before the next forward")
-        grad = ws.backward(2 * psi * grad_p)
+        # dL/dpsi = 2 psi dL/dp, taken back through the last ring (the 2 is in the sign maps)
+        torch.mul(_permute(grad_p, ctx.plan.inverse), ws.last, out=ws.last_grad)
+        grad = ws.backward().to(grad_p.dtype, copy=True)
         ctx.plan.release(ws)  # still ours until another forward takes it
-        return grad, None
+        return grad, None, None

@@ -181,7 +181,7 @@ class NativeSimulator:
             # a float32 gradient is ~1e-6 relative off the exact one: enough for training to
             # drift from exact parameter-shift by ~1e-5 within two digits epochs
             # (tests/test_gradients.py); float64 costs about +40% at 13 qubits
-            return RyProbs.apply(theta.double(), self._plan_on(a.device)).to(a.dtype)
+            return RyProbs.apply(theta, self._plan_on(a.device), torch.float64)
         return RyProbs.apply(theta, self._plan_on(a.device))
 
     def _u3_state(self, a: torch.Tensor) -> torch.Tensor:
