@@ -9,6 +9,8 @@ from .circuits import Circuit
 from .config import QTConfig
 from .fused import BitsLinear, LinearRows, Segments, Standardise
 
+ROWS_MIN_OUT = 32  # output width from which LinearRows beats addmm (benchmarks/bench_step.py)
+
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "none": nn.Identity}
 
 
@@ -93,9 +95,13 @@ class WeightGenerator(nn.Module):
         """The flat vector of M generated weights."""
         x = self.features(self.probabilities())
         h = self._first_layer(x)
-        if len(self.mapping) > 1:  # the output layer by rows (no hidden layer: it is the first)
+        if len(self.mapping) > 1:  # the output layer (no hidden layer: it is the first)
             last = self.mapping[-1]
-            h = LinearRows.apply(self.mapping[1:-1](h), last.weight, last.bias)
+            h = self.mapping[1:-1](h)
+            # by rows for wide outputs; plain addmm for narrow ones (chunk 1 at 13 qubits:
+            # the [h, 1] copy costs more than the bias broadcast it saves)
+            h = LinearRows.apply(h, last.weight, last.bias) if last.out_features >= ROWS_MIN_OUT \
+                else last(h)
         flat = h.reshape(-1)
         if self.cfg.scaling == "none":
             flat = flat[: self.size]
