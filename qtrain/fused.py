@@ -8,6 +8,28 @@ from __future__ import annotations
 import torch
 
 
+class Features(torch.autograd.Function):
+    """The post-processing x = (beta tanh(k p)).clamp_min(1e-12)^alpha - mean, as one node: the
+    forward runs the plain form's ops, the backward one short chain (d x / d xc as x / xc)."""
+
+    @staticmethod
+    def forward(ctx, p, k: float, beta: float, alpha: float):
+        t = torch.tanh(k * p)
+        xb = beta * t
+        xc = xb.clamp_min(1e-12)  # a zero probability would make the gradient NaN
+        x = xc**alpha
+        ctx.save_for_backward(t, xb, xc, x)
+        ctx.scale = alpha * beta * k
+        return x - x.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, xb, xc, x = ctx.saved_tensors
+        slope = torch.div(x, xc).mul_(torch.addcmul(torch.ones_like(t), t, t, value=-1))
+        slope.masked_fill_(xb < 1e-12, 0)
+        return (grad - grad.mean()).mul_(slope).mul_(ctx.scale), None, None, None
+
+
 class BitsLinear(torch.autograd.Function):
     """A Linear layer on [bits(i), x_i] for every basis index i, without forming the inputs.
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from .circuits import Circuit
 from .config import QTConfig
-from .fused import BitsLinear, LinearRows, Segments, Standardise
+from .fused import BitsLinear, Features, LinearRows, Segments, Standardise
 
 ROWS_MIN_OUT = 32  # output width from which LinearRows beats addmm (benchmarks/bench_step.py)
 
@@ -87,9 +87,7 @@ class WeightGenerator(nn.Module):
     def features(self, p: torch.Tensor) -> torch.Tensor:
         """The toolkit's post-processing: (beta tanh(gamma 2^(n-1) p))^alpha, minus its mean."""
         c = self.cfg
-        x = c.beta * torch.tanh(c.gamma * 2 ** (self.circuit.qubits - 1) * p)
-        x = x.clamp_min(1e-12) ** c.alpha  # a zero probability would make the gradient NaN
-        return x - x.mean()
+        return Features.apply(p, c.gamma * 2 ** (self.circuit.qubits - 1), c.beta, c.alpha)
 
     def forward(self) -> torch.Tensor:
         """The flat vector of M generated weights."""
