@@ -80,6 +80,7 @@ class LinearRows(torch.autograd.Function):
         return grad_h, grad_wb[:, :-1], grad_wb[:, -1]
 
 
+DENSE_MAX = 16  # segments up to which short ones are summed by an indicator matrix
 SLICE_MIN = 4096  # average elements per tensor above which per-slice ops beat a segment index
 
 
@@ -102,12 +103,24 @@ class Segments:
         self.by_slices = self.size >= SLICE_MIN * len(self.numels)
         self.index = None if self.by_slices else \
             torch.repeat_interleave(torch.arange(len(self.numels)), torch.tensor(self.numels))
+        # few short segments: sums as one matrix-vector product with the 0/1 segment indicator
+        # (T, size), ~4x faster than index_add (6,690 values in 8 tensors: 4 vs 16 us)
+        self.dense = not self.by_slices and len(self.numels) <= DENSE_MAX
         self._on: dict[torch.device, torch.Tensor] = {}
+        self._indicator: dict[tuple, torch.Tensor] = {}
 
     def _index(self, device: torch.device) -> torch.Tensor:
         if device not in self._on:
             self._on[device] = self.index.to(device)
         return self._on[device]
+
+    def _dense(self, v: torch.Tensor) -> torch.Tensor:
+        key = (v.device, v.dtype)
+        if key not in self._indicator:
+            index = self._index(v.device)
+            ind = torch.zeros(len(self.numels), self.size, dtype=v.dtype, device=v.device)
+            self._indicator[key] = ind.scatter_(0, index[None], 1)
+        return self._indicator[key]
 
     def sums(self, v: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         """Per segment, sum(v), or sum(v * w) when ``w`` is given: (T,)."""
@@ -117,6 +130,8 @@ class Segments:
             return torch.stack([torch.dot(a, b) for a, b in
                                 zip(v.split(self.numels), w.split(self.numels), strict=True)])
         v = v if w is None else v * w
+        if self.dense:
+            return torch.mv(self._dense(v), v)
         return v.new_zeros(len(self.numels)).index_add_(0, self._index(v.device), v)
 
     def affine(self, v: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, out: torch.Tensor,
