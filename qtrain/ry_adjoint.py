@@ -171,37 +171,35 @@ class Workspace:
 
     def _backward_buffers(self, factors, batch: int, blocks: int):
         plan, count = self.plan, len(self.outputs)
-        self.grads = [torch.empty_like(y) for y in self.outputs]  # dL/d(each factor's output)
+        # dL/d(each factor's output), one block's worth: each block's C = mu y^T is taken right
+        # after its mu, while mu is still in the cache (4 MB less working set at 13 qubits)
+        self.grads = [y.new_empty(1, *y.shape[1:]) for y in self.outputs]
         to_input = torch.empty_like(self.inputs)  # dL/d(the current block's input)
-        self.backward_ops = []  # per group, first first: (mu^T views, factors, destinations)
+        self.backward_ops = []  # per group, first first: (mu^T view, factors, destination)
         for g in range(count):
             size = plan.sizes[g]
-            mus = [v.transpose(1, 2) for v in _views(self.grads[g], size)]
-            if g == count - 1:
-                dsts = _views(to_input, size, transpose=True) * blocks
-            else:
-                dsts = _views(self.grads[g + 1], size, transpose=True)
-            self.backward_ops.append((mus, factors[g].unbind(0), dsts))
-        self.ring_back = [_gather(to_input[0], lam, plan.inverse) for lam in self.grads[0].unbind(0)]
-        self.last_grad = self.grads[0][-1]
+            mu = _views(self.grads[g], size)[0].transpose(1, 2)
+            dst = _views(to_input if g == count - 1 else self.grads[g + 1], size, transpose=True)[0]
+            self.backward_ops.append((mu, factors[g].unbind(0), dst))
+        self.ring_back = _gather(to_input[0], self.grads[0][0], plan.inverse)
+        self.last_grad = self.grads[0][0]
+        # per group: C = mu y^T of every block and batch row, (L B, size^2), and its sign map
+        self.pairs = [(self.inputs.new_empty(blocks, batch, size, size), plan.signs_for(g, y.dtype))
+                      for g, (y, size) in enumerate(zip(self.outputs, plan.sizes, strict=True))]
+        mus = [mu.view(batch, size, -1) for mu, size in zip(self.grads, plan.sizes, strict=True)]
+        ys = [_views(y, size) for y, size in zip(self.outputs, plan.sizes, strict=True)]
         self.backward_calls = []
-        last = count - 1
         for b in reversed(range(blocks)):
-            for g, (mus, fs, dsts) in enumerate(self.backward_ops):
-                if b or g < last:
-                    self.backward_calls.append(partial(torch.bmm, mus[b], fs[b], out=dsts[b]))
+            for g, (mu, fs, dst) in enumerate(self.backward_ops):
+                if b or g < count - 1:
+                    self.backward_calls.append(partial(torch.bmm, mu, fs[b], out=dst))
+            for g in range(count):
+                self.backward_calls.append(partial(torch.bmm, mus[g], ys[g][b].transpose(1, 2),
+                                                   out=self.pairs[g][0][b]))
             if b:
-                self.backward_calls.append(self.ring_back[b - 1])
-        # per group: mu and y of every block as (L B, size, rest), a buffer for C = mu y^T, its
-        # sign map and where the angles' gradient goes (accumulated over the groups)
+                self.backward_calls.append(self.ring_back)
+        # the angles' gradient, linear in the C's, accumulated over the groups
         self.angle_grad = self.inputs.new_empty(blocks * batch, plan.qubits)
-        self.pairs = []
-        for g, (mu, y) in enumerate(zip(self.grads, self.outputs, strict=True)):
-            size = plan.sizes[g]
-            self.pairs.append((mu.view(-1, size, mu.shape[-1] // size),
-                               y.view(-1, size, y.shape[-1] // size).transpose(1, 2),
-                               self.inputs.new_empty(blocks * batch, size, size),
-                               plan.signs_for(g, y.dtype)))
 
     def forward(self, theta: torch.Tensor) -> None:
         """Runs the circuit for angles (B, L, n); the final state, before the last ring, is left
@@ -217,14 +215,12 @@ class Workspace:
         is in the sign maps)."""
         for step in self.backward_calls:
             step()
-        # C = sum mu y^T per group, block and batch row; the angles' gradient is linear in it
         out = self.angle_grad
-        for g, (mu, y, c, signs) in enumerate(self.pairs):
-            torch.bmm(mu, y, out=c)
+        for g, (c, signs) in enumerate(self.pairs):
             if g:
-                out.addmm_(c.view(c.shape[0], -1), signs)
+                out.addmm_(c.view(out.shape[0], -1), signs)
             else:
-                torch.mm(c.view(c.shape[0], -1), signs, out=out)
+                torch.mm(c.view(out.shape[0], -1), signs, out=out)
         blocks, batch = self.outputs[0].shape[0], self.outputs[0].shape[1]
         return out.view(blocks, batch, -1).transpose(0, 1)
 
