@@ -72,6 +72,7 @@ class RyPlan:
             parts.append(idx)
             self.sizes.append(2**length)
         self.gather = torch.cat(parts, 1).to(device)  # (longest, sum 4^g)
+        self.gather_flat = self.gather.flatten()
         self.signs = {}
         self.device = device
         self._free: dict[tuple, list[Workspace]] = {}
@@ -87,15 +88,16 @@ class RyPlan:
             self.signs[key] = full.to(self.device, dtype)
         return self.signs[key]
 
-    def factors(self, theta: torch.Tensor, out: torch.Tensor) -> None:
+    def factors(self, theta: torch.Tensor, out: torch.Tensor, table: torch.Tensor) -> None:
         """Every group's factor for every block and angle set of theta (B, L, n), written into
-        out (L, B, sum 4^g), each group's flattened after the previous one's."""
+        out (L, B, sum 4^g), each group's flattened after the previous one's; ``table``
+        (3n + 1, L B) holds rows cos, sin, -sin of the half angles and a last row of ones."""
         n = theta.shape[-1]
         half = theta.transpose(0, 1).reshape(-1, n).t() * 0.5
-        c, s = torch.cos(half), torch.sin(half)
-        table = torch.cat([c, s, -s, torch.ones_like(c[:1])])  # (3n + 1, L B)
-        entries = table.index_select(0, self.gather.flatten()).view(*self.gather.shape, -1)
-        out.view(-1, out.shape[-1]).copy_(entries.prod(0).t())
+        torch.cos(half, out=table[:n])
+        torch.neg(torch.sin(half, out=table[n: 2 * n]), out=table[2 * n: 3 * n])
+        entries = table.index_select(0, self.gather_flat).view(*self.gather.shape, -1)
+        torch.prod(entries, 0, out=out.view(-1, out.shape[-1]).t())
 
     def workspace(self, batch: int, blocks: int, dtype, keep: bool) -> Workspace:
         """A free workspace of this shape; give it back with :meth:`release` when done."""
@@ -154,6 +156,8 @@ class Workspace:
         factors = [f.unflatten(-1, (s, s)) for f, s in
                    zip(self.factors.split([s * s for s in plan.sizes], -1), plan.sizes, strict=True)]
         self.inputs = new(1, batch, dim)  # the current block's input, after the ring
+        self.table = new(3 * plan.qubits + 1, blocks * batch)
+        self.table[-1] = 1
         self.outputs = [new(slots, batch, dim) for _ in range(count)]
         self.forward_ops = []  # per group, last first: (factors, input views, output views)
         for g in reversed(range(count)):
@@ -212,7 +216,7 @@ class Workspace:
     def forward(self, theta: torch.Tensor) -> None:
         """Runs the circuit for angles (B, L, n); the final state, before the last ring, is left
         in ``self.last`` (the state is ``self.last[:, perm]``)."""
-        self.plan.factors(theta, out=self.factors)
+        self.plan.factors(theta, self.factors, self.table)
         self.inputs[0].zero_()
         self.origin.fill_(1)
         for step in self.forward_calls:
