@@ -7,7 +7,7 @@ from torch import nn
 
 from .circuits import Circuit
 from .config import QTConfig
-from .fused import BitsLinear, Features, LinearRows, Segments, Standardise
+from .fused import BitsLinear, Features, LinearColumn, LinearRows, Segments, Standardise
 
 ROWS_MIN_OUT = 32  # output width from which LinearRows beats addmm (benchmarks/bench_step.py)
 
@@ -96,10 +96,15 @@ class WeightGenerator(nn.Module):
         if len(self.mapping) > 1:  # the output layer (no hidden layer: it is the first)
             last = self.mapping[-1]
             h = self.mapping[1:-1](h)
-            # by rows for wide outputs; plain addmm for narrow ones (chunk 1 at 13 qubits:
-            # the [h, 1] copy costs more than the bias broadcast it saves)
-            h = LinearRows.apply(h, last.weight, last.bias) if last.out_features >= ROWS_MIN_OUT \
-                else last(h)
+            # by rows for wide outputs, by matrix-vector products for one (chunk 1, as at 13
+            # qubits for the toolkit CNN), plain addmm between (the [h, 1] copy costs more than
+            # the bias broadcast it saves)
+            if last.out_features >= ROWS_MIN_OUT:
+                h = LinearRows.apply(h, last.weight, last.bias)
+            elif last.out_features == 1:
+                h = LinearColumn.apply(h, last.weight, last.bias)
+            else:
+                h = last(h)
         flat = h.reshape(-1)
         if self.cfg.scaling == "none":
             flat = flat[: self.size]
