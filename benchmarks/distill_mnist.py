@@ -33,10 +33,11 @@ ROWS = [
     ("distill", "distill", "teacher", ["--distill"]),
     ("init fit (labels)", "init-fit", "teacher", ["--init", "fit"]),
     ("init fit + distill", "init-fit+distill", "teacher", ["--init", "fit", "--distill"]),
+    ("distill, T 4", "distill-T4", "teacher", ["--distill", "--temperature", "4"]),
+    ("distill, T 1", "distill-T1", "teacher", ["--distill", "--temperature", "1"]),
     ("distill, alpha 0.9", "distill-a0.9", "teacher", ["--distill", "--distill-alpha", "0.9"]),
     ("distill, alpha 1 (no labels used)", "distill-a1", "teacher",
      ["--distill", "--distill-alpha", "1"]),
-    ("distill, T 2", "distill-T2", "teacher", ["--distill", "--temperature", "2"]),
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

@@ -125,7 +125,7 @@ def cli():
               help="Learn from MODEL's outputs (KL at --temperature; MSE for regression).")
 @click.option("--distill-alpha", default=0.5, show_default=True, type=float,
               help="Weight of the teacher term; 1 - alpha weighs the label loss.")
-@click.option("--temperature", default=4.0, show_default=True, type=float,
+@click.option("--temperature", default=2.0, show_default=True, type=float,
               help="Distillation temperature T.")
 @click.option("--task", default="auto", show_default=True,
               help="For --distill on data without labels: classification, regression or auto.")

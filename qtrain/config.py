@@ -180,7 +180,7 @@ class DistillConfig:
 
     enabled: bool = False
     alpha: float = 0.5
-    temperature: float = 4.0
+    temperature: float = 2.0
     task: str = "auto"
 
     def __post_init__(self):
@@ -189,7 +189,7 @@ class DistillConfig:
             raise QTrainError(f"--distill-alpha {self.alpha} must lie in [0, 1]: 1 learns only "
                               "from the model's outputs, 0 only from the labels")
         if self.temperature <= 0:
-            raise QTrainError(f"--temperature {self.temperature} must be positive, e.g. 4")
+            raise QTrainError(f"--temperature {self.temperature} must be positive, e.g. 2")
 
 
 @dataclass

@@ -158,12 +158,12 @@ def test_bad_distill_options(flags, needle, tmp_path, capsys, check_error):
 def test_distill_with_labels_records_agreement(teacher, tmp_path, capsys):
     out = tmp_path / "kd"
     rc, text, err = _cli(capsys, "compress", teacher["pt"], "--arch", "digits_cnn", "--distill",
-                         "--distill-alpha", "0.7", "--temperature", "2", *QUICK, "--out", out)
+                         "--distill-alpha", "0.7", "--temperature", "3", *QUICK, "--out", out)
     assert rc == 0, err
     rec = json.loads((out / "qtrain.json").read_text())
     d = rec["config"]["_data"]["distill"]["_data"]
-    assert (d["alpha"], d["temperature"]) == (0.7, 2.0)
-    assert "distillation   from MODEL's outputs: alpha 0.7, temperature 2.0" in _cli(capsys, "info", out)[1]
+    assert (d["alpha"], d["temperature"]) == (0.7, 3.0)
+    assert "distillation   from MODEL's outputs: alpha 0.7, temperature 3.0" in _cli(capsys, "info", out)[1]
     assert rec["data"]["labels"] == "data"
     assert rec["metrics"]["original"]["test_accuracy"] == pytest.approx(teacher["accuracy"])
     assert 0 <= rec["metrics"]["agreement"]["top1"] <= 1
