@@ -152,16 +152,14 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
     check_fit(qt, train_ds, task)
     # the teacher is MODEL itself, run in eval mode before any training touches its buffers
     # or materialize() overwrites its weights: its outputs are all distillation needs
-    criterion, teacher_test = None, None
+    teacher_test = teacher_outputs(target.module, test_ds, device) if target.trained else None
+    criterion = None
     if distill:
         teacher_train = teacher_outputs(target.module, train_ds, device)
-        teacher_test = teacher_outputs(target.module, test_ds, device)
         task = task or infer_task(teacher_train, cfg.distill.task)
         train_ds = with_teacher(train_ds, teacher_train, task)
         test_ds = with_teacher(test_ds, teacher_test, task)
         criterion = DistillLoss(cfg.distill, task)
-    elif target.trained:
-        teacher_test = teacher_outputs(target.module, test_ds, device)
     counts = qt.counts()
     if out == "auto":
         out = default_out(target.name, qt)

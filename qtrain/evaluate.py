@@ -15,6 +15,7 @@ from .distill import agreement_on, infer_task, teacher_outputs, with_teacher
 from .errors import QTrainError
 from .loading import build_model, load
 from .predict import instance
+from .report import agreement_figures
 from .train import task_of
 
 KINDS = ("angles", "mapping", "scaling", "classical")
@@ -279,9 +280,7 @@ def format_report(r: dict) -> str:
     lines.append(f"gap = test {loss} - train {loss}")
     a = r.get("agreement")
     if a:
-        what = (f"top-1 {a['top1']:.2%}, mean KL {a['kl']:.4f} nats" if "top1" in a
-                else f"output MSE {a['mse']:.4g}")
-        lines.append(f"agreement with the original MODEL on the test split: {what}")
+        lines.append(f"agreement with the original MODEL on the test split: {agreement_figures(a)}")
     elif r.get("agreement_note"):
         lines.append(f"agreement: - ({r['agreement_note']})")
     return "\n".join(lines)

@@ -114,8 +114,13 @@ def init_fit_line(r: dict) -> str:
                    "task training")
 
 
+def agreement_figures(a: dict) -> str:
+    """Top-1 and mean KL (classification) or output MSE (regression), in words."""
+    if "top1" in a:
+        return f"top-1 {a['top1']:.2%}, mean KL {a['kl']:.4f} nats"
+    return f"output MSE {a['mse']:.4g}"
+
+
 def agreement_line(a: dict) -> str:
     """Agreement with the original MODEL on the test split."""
-    if "top1" in a:
-        return f"agreement with MODEL: top-1 {a['top1']:.2%}, mean KL {a['kl']:.4f} nats"
-    return f"agreement with MODEL: output MSE {a['mse']:.4g}"
+    return f"agreement with MODEL: {agreement_figures(a)}"
