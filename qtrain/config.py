@@ -139,6 +139,8 @@ class TrainConfig:
             (annealed to zero over the epochs).
         patience, factor: the plateau schedule's settings.
         quiet: no progress bars.
+        compile: run the training step's mapping and network through ``torch.compile``
+            (``--compile``; the circuit keeps its own kernel). The first steps compile.
     """
 
     epochs: int = 50
@@ -152,6 +154,7 @@ class TrainConfig:
     patience: int = 5
     factor: float = 0.5
     quiet: bool = False
+    compile: bool = False
 
     def __post_init__(self):
         _choice(self.device, DEVICES, "--device")

@@ -89,6 +89,8 @@ class WeightGenerator(nn.Module):
         c = self.cfg
         return Features.apply(p, c.gamma * 2 ** (self.circuit.qubits - 1), c.beta, c.alpha)
 
+    # --compile leaves the generator eager: its hand-fused steps measured faster than Inductor's
+    @torch.compiler.disable
     def forward(self) -> torch.Tensor:
         """The flat vector of M generated weights."""
         x = self.features(self.probabilities())

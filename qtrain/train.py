@@ -208,6 +208,11 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
     params = list(qt.parameters())
     n = len(train_ds)
     steps = math.ceil(n / cfg.batch_size)
+    forward = qt
+    if cfg.compile:
+        from .compiled import compile_step
+
+        forward = compile_step(qt, device)
 
     def save(epoch: int, step: int, totals: tuple[float, int, float]) -> None:
         if out is None or not ctx.main:
@@ -246,7 +251,7 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
                     x = None
                     if len(idx):
                         x, y, *extra = distributed.fetch(train_ds, idx, device)
-                        loss = criterion(qt(x), y, *extra)
+                        loss = criterion(forward(x), y, *extra)
                         if ctx.parallel:  # this rank's share of the global mean
                             loss = loss * (len(idx) / size)
                         loss.backward()
