@@ -4,10 +4,12 @@ What is compiled is the target network run on the generated weights (``functiona
 the split of the flat weight vector into tensors. The generator (circuit, post-processing,
 mapping) is excluded (:meth:`WeightGenerator.forward` is marked ``torch.compiler.disable``): its
 hand-fused autograd Functions measured faster eager than Inductor's code for them (toolkit MNIST
-CNN, batch 128, one thread: QT step 9.4 ms with the whole forward compiled, 9.1 ms with the
-generator eager, 11.0 ms all eager), and Inductor's form of the circuit was slower than the
-native simulator (benchmarks/bench_circuit.py --compile). Evaluation stays eager: it runs once
-per epoch, and compiling it would only add graphs.
+CNN, batch 128 of noise, one thread: QT step 9.4 ms with the whole forward compiled, 9.1 ms with
+the generator eager), and Inductor's form of the circuit was slower than the native simulator
+(benchmarks/bench_circuit.py --compile). Whether compiling the network pays depends on the
+network and the data (benchmarks/bench_step.py --compile: on real MNIST images the toolkit CNN
+runs slower compiled). Evaluation stays eager: it runs once per epoch, and compiling it would
+only add graphs.
 """
 
 from __future__ import annotations
