@@ -11,7 +11,9 @@ How it is laid out (each choice measured in benchmarks/bench_circuit.py):
 - the forward pass keeps each factor's output (a few states per block, small next to the
   network), so the backward pass only carries the gradient back: per group and block one ``bmm``
   for it and one for the factor's gradient ``C = mu y^T``, from which all the group's angle
-  gradients follow by one fixed linear map.
+  gradients follow by one fixed linear map;
+- block 0 acts on |0...0>, so its states are products of the factors' first columns: its output
+  is built by outer products and its C's by small products with the output's gradient.
 """
 
 from __future__ import annotations
@@ -168,14 +170,28 @@ class Workspace:
                 ins = [v.transpose(1, 2) for v in _views(self.outputs[g + 1], size, transpose=True)]
             self.forward_ops.append((factors[g].unbind(0), ins, _views(self.outputs[g], size)))
         self.ring = [_gather(y, self.inputs[0], plan.perm) for y in self.outputs[0].unbind(0)]
-        self.origin = self.inputs[0, :, 0]
         self.last = self.outputs[0][-1]  # the final state before the last ring
-        # the whole forward pass as a flat list of bound calls (no per-call Python indexing)
+        # block 0 acts on |0...0>: its state after group g is the Kronecker product of the first
+        # columns f_k of the factors k >= g, so the block's output is f_0 x ... x f_{c-1}, built
+        # by outer products as left products L_{g+1} = L_g x f_g (kept for the backward pass)
+        self.firsts = [f[0][:, :, 0] for f in factors]  # f_g of every batch row, (B, size)
+        self.left = [self.firsts[0]]
         self.forward_calls = []
-        for b in range(blocks):
+        for g in range(1, count):
+            width = self.left[-1].shape[-1]
+            if g == count - 1:
+                out = self.outputs[0][0].view(batch, width, -1)
+            else:
+                out = new(batch, width, plan.sizes[g])
+            self.forward_calls.append(partial(torch.mul, self.left[-1].unsqueeze(2),
+                                              self.firsts[g].unsqueeze(1), out=out))
+            self.left.append(out.view(batch, -1))
+        if count == 1:
+            self.forward_calls.append(partial(self.outputs[0][0].copy_, self.firsts[0]))
+        # the whole forward pass as a flat list of bound calls (no per-call Python indexing)
+        for b in range(1, blocks):
             slot = b if keep else 0
-            if b:
-                self.forward_calls.append(self.ring[b - 1 if keep else 0])
+            self.forward_calls.append(self.ring[b - 1 if keep else 0])
             for fs, ins, outs in self.forward_ops:
                 self.forward_calls.append(_matmul(fs[b], ins[slot], outs[slot]))
         if keep:
@@ -201,24 +217,38 @@ class Workspace:
         mus = [mu.view(batch, size, -1) for mu, size in zip(self.grads, plan.sizes, strict=True)]
         ys = [_views(y, size) for y, size in zip(self.outputs, plan.sizes, strict=True)]
         self.backward_calls = []
-        for b in reversed(range(blocks)):
-            for g, (mu, fs, dst) in enumerate(self.backward_ops):
-                if b or g < count - 1:
-                    self.backward_calls.append(_matmul(mu, fs[b], dst))
+        for b in reversed(range(1, blocks)):
+            for mu, fs, dst in self.backward_ops:
+                self.backward_calls.append(_matmul(mu, fs[b], dst))
             for g in range(count):
                 self.backward_calls.append(_matmul(mus[g], ys[g][b].transpose(1, 2),
                                                    self.pairs[g][0][b]))
-            if b:
-                self.backward_calls.append(self.ring_back)
+            self.backward_calls.append(self.ring_back)
+        self._first_block_backward(batch)
         # the angles' gradient, linear in the C's, accumulated over the groups
         self.angle_grad = self.inputs.new_empty(blocks * batch, plan.qubits)
+
+    def _first_block_backward(self, batch: int):
+        """Block 0's C_g = mu_g y_g^T with y_g = f_g w^T of rank one (the forward pass's product
+        state): C_g = u_g f_g^T where u_g contracts the block's output gradient mu with f_k on
+        every group k but g. With right partials R_g (mu contracted with f_k, k > g) and the left
+        products L_g, C_g = R_g^T L_{g+1}, both viewed (B, prod_{k<g} size_k, size_g)."""
+        plan, count = self.plan, len(self.outputs)
+        right = [self.grads[0][0]]  # R_{c-1} = mu, then R_g = R_{g+1} f_{g+1}, (B, prod_{k<=g})
+        for g in reversed(range(count - 1)):
+            out = self.inputs.new_empty(batch, right[0].shape[-1] // plan.sizes[g + 1], 1)
+            self.backward_calls.append(_matmul(right[0].view(batch, out.shape[1], -1),
+                                               self.firsts[g + 1].unsqueeze(2), out))
+            right.insert(0, out.view(batch, -1))
+        for g, size in enumerate(plan.sizes):
+            self.backward_calls.append(_matmul(right[g].view(batch, -1, size).transpose(1, 2),
+                                               self.left[g].view(batch, -1, size),
+                                               self.pairs[g][0][0]))
 
     def forward(self, theta: torch.Tensor) -> None:
         """Runs the circuit for angles (B, L, n); the final state, before the last ring, is left
         in ``self.last`` (the state is ``self.last[:, perm]``)."""
         self.plan.factors(theta, self.factors, self.table)
-        self.inputs[0].zero_()
-        self.origin.fill_(1)
         for step in self.forward_calls:
             step()
 
