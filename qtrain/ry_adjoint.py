@@ -221,13 +221,21 @@ class Workspace:
             self.backward_ops.append((mu, factors[g].unbind(0), dst))
         self.ring_back = _gather(to_input[0], self.grads[0][0], plan.inverse)
         self.last_grad = self.grads[0][0]
-        # per group: C = mu y^T of every block and batch row, (L B, size^2), and its sign map
         # per group: C = mu y^T of every block and batch row, all groups' side by side as the
         # factors are, so that one product with the sign maps gives every angle's gradient
-        self.cs = self.inputs.new_empty(blocks, batch, sum(s * s for s in plan.sizes))
-        self.signs = plan.signs_for(self.cs.dtype)
-        self.pairs = [c.unflatten(-1, (s, s)) for c, s in
-                      zip(self.cs.split([s * s for s in plan.sizes], -1), plan.sizes, strict=True)]
+        # (with more than one angle set, a group's C's would not be contiguous there, which
+        # costs bmm a copy: one buffer per group then, and one product per group)
+        squares = [s * s for s in plan.sizes]
+        signs = plan.signs_for(self.inputs.dtype)
+        if batch == 1:
+            cs = [self.inputs.new_empty(blocks, batch, sum(squares))]
+            self.terms = [(cs[0].view(blocks, -1), signs)]
+            cs = cs[0].split(squares, -1)
+        else:
+            cs = [self.inputs.new_empty(blocks, batch, q) for q in squares]
+            self.terms = [(c.view(blocks * batch, -1), sign) for c, sign in
+                          zip(cs, signs.split(squares), strict=True)]
+        self.pairs = [c.unflatten(-1, (s, s)) for c, s in zip(cs, plan.sizes, strict=True)]
         mus = [mu.view(batch, size, -1) for mu, size in zip(self.grads, plan.sizes, strict=True)]
         ys = [_views(y, size) for y, size in zip(self.outputs, plan.sizes, strict=True)]
         self.backward_calls = []
@@ -271,7 +279,12 @@ class Workspace:
         is in the sign maps)."""
         for step in self.backward_calls:
             step()
-        out = torch.mm(self.cs.view(self.angle_grad.shape[0], -1), self.signs, out=self.angle_grad)
+        out = self.angle_grad
+        for i, (c, signs) in enumerate(self.terms):
+            if i:
+                out.addmm_(c, signs)
+            else:
+                torch.mm(c, signs, out=out)
         blocks, batch = self.outputs[0].shape[0], self.outputs[0].shape[1]
         return out.view(blocks, batch, -1).transpose(0, 1)
 
