@@ -11,7 +11,9 @@ How it is laid out (each choice measured in benchmarks/bench_circuit.py):
 - the forward pass keeps each factor's output (a few states per block, small next to the
   network), so the backward pass only carries the gradient back: per group and block one ``bmm``
   for it and one for the factor's gradient ``C = mu y^T``, from which all the group's angle
-  gradients follow by one fixed linear map.
+  gradients follow by one fixed linear map;
+- block 0 acts on |0...0>, so its states are products of the factors' first columns: its output
+  is built by outer products and its C's by small products with the output's gradient.
 """
 
 from __future__ import annotations
@@ -77,27 +79,33 @@ class RyPlan:
         self.device = device
         self._free: dict[tuple, list[Workspace]] = {}
 
-    def signs_for(self, g: int, dtype: torch.dtype) -> torch.Tensor:
-        """Group g's sign map times 2 (the factor of dL/dpsi = 2 psi dL/dp, exact in floating
-        point), with zero columns for the other groups' qubits: (4^length, n)."""
-        key = (g, dtype)
-        if key not in self.signs:
-            start, length = self.groups[g]
-            full = torch.zeros(4**length, self.qubits, dtype=torch.float64)
-            full[:, start: start + length] = 2 * _sign_map(length)
-            self.signs[key] = full.to(self.device, dtype)
-        return self.signs[key]
+    def signs_for(self, dtype: torch.dtype) -> torch.Tensor:
+        """Every group's sign map times 2 (the factor of dL/dpsi = 2 psi dL/dp, exact in
+        floating point), one after the other as the factors are, with zero columns for the
+        other groups' qubits: (sum 4^length, n)."""
+        if dtype not in self.signs:
+            full = torch.zeros(sum(s * s for s in self.sizes), self.qubits, dtype=torch.float64)
+            row = 0
+            for start, length in self.groups:
+                full[row: row + 4**length, start: start + length] = 2 * _sign_map(length)
+                row += 4**length
+            self.signs[dtype] = full.to(self.device, dtype)
+        return self.signs[dtype]
 
-    def factors(self, theta: torch.Tensor, out: torch.Tensor, table: torch.Tensor) -> None:
+    def factors(self, theta: torch.Tensor, ws: Workspace) -> None:
         """Every group's factor for every block and angle set of theta (B, L, n), written into
-        out (L, B, sum 4^g), each group's flattened after the previous one's; ``table``
-        (3n + 1, L B) holds rows cos, sin, -sin of the half angles and a last row of ones."""
-        n = theta.shape[-1]
-        half = theta.transpose(0, 1).reshape(-1, n).t() * 0.5
-        torch.cos(half, out=table[:n])
-        torch.neg(torch.sin(half, out=table[n: 2 * n]), out=table[2 * n: 3 * n])
-        entries = table.index_select(0, self.gather_flat).view(*self.gather.shape, -1)
-        torch.prod(entries, 0, out=out.view(-1, out.shape[-1]).t())
+        ``ws.factors`` (L, B, sum 4^g), each group's flattened after the previous one's;
+        ``ws.table`` (3n + 1, L B) holds rows cos, sin, -sin of the half angles and a last row
+        of ones, ``ws.entries`` (longest group * sum 4^g, L B) the gathered ones."""
+        n, table, out, entries = theta.shape[-1], ws.table, ws.factors, ws.entries
+        # the half angles and their negatives in the sin and -sin rows (in the table's dtype,
+        # whatever the angles'), cos of the first, then sin of both in place: sin is odd
+        signed = table[n: 3 * n].view(2, n, *theta.shape[1::-1])
+        torch.mul(theta.permute(2, 1, 0), ws.halves, out=signed)
+        torch.cos(table[n: 2 * n], out=table[:n])
+        torch.sin(table[n: 3 * n], out=table[n: 3 * n])
+        torch.index_select(table, 0, self.gather_flat, out=entries)
+        torch.prod(entries.view(*self.gather.shape, -1), 0, out=out.view(-1, out.shape[-1]).t())
 
     def workspace(self, batch: int, blocks: int, dtype, keep: bool) -> Workspace:
         """A free workspace of this shape; give it back with :meth:`release` when done."""
@@ -158,6 +166,10 @@ class Workspace:
         self.inputs = new(1, batch, dim)  # the current block's input, after the ring
         self.table = new(3 * plan.qubits + 1, blocks * batch)
         self.table[-1] = 1
+        self.entries = new(plan.gather_flat.numel(), blocks * batch)
+        self.halves = torch.tensor([0.5, -0.5], dtype=dtype, device=dev).view(2, 1, 1, 1)
+        # the final state (after the last ring), kept for the backward pass, and its gradient
+        self.psi, self.psi_grad = new(batch, dim), new(batch, dim)
         self.outputs = [new(slots, batch, dim) for _ in range(count)]
         self.forward_ops = []  # per group, last first: (factors, input views, output views)
         for g in reversed(range(count)):
@@ -168,14 +180,28 @@ class Workspace:
                 ins = [v.transpose(1, 2) for v in _views(self.outputs[g + 1], size, transpose=True)]
             self.forward_ops.append((factors[g].unbind(0), ins, _views(self.outputs[g], size)))
         self.ring = [_gather(y, self.inputs[0], plan.perm) for y in self.outputs[0].unbind(0)]
-        self.origin = self.inputs[0, :, 0]
         self.last = self.outputs[0][-1]  # the final state before the last ring
-        # the whole forward pass as a flat list of bound calls (no per-call Python indexing)
+        # block 0 acts on |0...0>: its state after group g is the Kronecker product of the first
+        # columns f_k of the factors k >= g, so the block's output is f_0 x ... x f_{c-1}, built
+        # by outer products as left products L_{g+1} = L_g x f_g (kept for the backward pass)
+        self.firsts = [f[0][:, :, 0] for f in factors]  # f_g of every batch row, (B, size)
+        self.left = [self.firsts[0]]
         self.forward_calls = []
-        for b in range(blocks):
+        for g in range(1, count):
+            width = self.left[-1].shape[-1]
+            if g == count - 1:
+                out = self.outputs[0][0].view(batch, width, -1)
+            else:
+                out = new(batch, width, plan.sizes[g])
+            self.forward_calls.append(partial(torch.mul, self.left[-1].unsqueeze(2),
+                                              self.firsts[g].unsqueeze(1), out=out))
+            self.left.append(out.view(batch, -1))
+        if count == 1:
+            self.forward_calls.append(partial(self.outputs[0][0].copy_, self.firsts[0]))
+        # the whole forward pass as a flat list of bound calls (no per-call Python indexing)
+        for b in range(1, blocks):
             slot = b if keep else 0
-            if b:
-                self.forward_calls.append(self.ring[b - 1 if keep else 0])
+            self.forward_calls.append(self.ring[b - 1 if keep else 0])
             for fs, ins, outs in self.forward_ops:
                 self.forward_calls.append(_matmul(fs[b], ins[slot], outs[slot]))
         if keep:
@@ -195,30 +221,56 @@ class Workspace:
             self.backward_ops.append((mu, factors[g].unbind(0), dst))
         self.ring_back = _gather(to_input[0], self.grads[0][0], plan.inverse)
         self.last_grad = self.grads[0][0]
-        # per group: C = mu y^T of every block and batch row, (L B, size^2), and its sign map
-        self.pairs = [(self.inputs.new_empty(blocks, batch, size, size), plan.signs_for(g, y.dtype))
-                      for g, (y, size) in enumerate(zip(self.outputs, plan.sizes, strict=True))]
+        # per group: C = mu y^T of every block and batch row, all groups' side by side as the
+        # factors are, so that one product with the sign maps gives every angle's gradient
+        # (with more than one angle set, a group's C's would not be contiguous there, which
+        # costs bmm a copy: one buffer per group then, and one product per group)
+        squares = [s * s for s in plan.sizes]
+        signs = plan.signs_for(self.inputs.dtype)
+        if batch == 1:
+            cs = [self.inputs.new_empty(blocks, batch, sum(squares))]
+            self.terms = [(cs[0].view(blocks, -1), signs)]
+            cs = cs[0].split(squares, -1)
+        else:
+            cs = [self.inputs.new_empty(blocks, batch, q) for q in squares]
+            self.terms = [(c.view(blocks * batch, -1), sign) for c, sign in
+                          zip(cs, signs.split(squares), strict=True)]
+        self.pairs = [c.unflatten(-1, (s, s)) for c, s in zip(cs, plan.sizes, strict=True)]
         mus = [mu.view(batch, size, -1) for mu, size in zip(self.grads, plan.sizes, strict=True)]
         ys = [_views(y, size) for y, size in zip(self.outputs, plan.sizes, strict=True)]
         self.backward_calls = []
-        for b in reversed(range(blocks)):
-            for g, (mu, fs, dst) in enumerate(self.backward_ops):
-                if b or g < count - 1:
-                    self.backward_calls.append(_matmul(mu, fs[b], dst))
+        for b in reversed(range(1, blocks)):
+            for mu, fs, dst in self.backward_ops:
+                self.backward_calls.append(_matmul(mu, fs[b], dst))
             for g in range(count):
                 self.backward_calls.append(_matmul(mus[g], ys[g][b].transpose(1, 2),
-                                                   self.pairs[g][0][b]))
-            if b:
-                self.backward_calls.append(self.ring_back)
+                                                   self.pairs[g][b]))
+            self.backward_calls.append(self.ring_back)
+        self._first_block_backward(batch)
         # the angles' gradient, linear in the C's, accumulated over the groups
         self.angle_grad = self.inputs.new_empty(blocks * batch, plan.qubits)
+
+    def _first_block_backward(self, batch: int):
+        """Block 0's C_g = mu_g y_g^T with y_g = f_g w^T of rank one (the forward pass's product
+        state): C_g = u_g f_g^T where u_g contracts the block's output gradient mu with f_k on
+        every group k but g. With right partials R_g (mu contracted with f_k, k > g) and the left
+        products L_g, C_g = R_g^T L_{g+1}, both viewed (B, prod_{k<g} size_k, size_g)."""
+        plan, count = self.plan, len(self.outputs)
+        right = [self.grads[0][0]]  # R_{c-1} = mu, then R_g = R_{g+1} f_{g+1}, (B, prod_{k<=g})
+        for g in reversed(range(count - 1)):
+            out = self.inputs.new_empty(batch, right[0].shape[-1] // plan.sizes[g + 1], 1)
+            self.backward_calls.append(_matmul(right[0].view(batch, out.shape[1], -1),
+                                               self.firsts[g + 1].unsqueeze(2), out))
+            right.insert(0, out.view(batch, -1))
+        for g, size in enumerate(plan.sizes):
+            self.backward_calls.append(_matmul(right[g].view(batch, -1, size).transpose(1, 2),
+                                               self.left[g].view(batch, -1, size),
+                                               self.pairs[g][0]))
 
     def forward(self, theta: torch.Tensor) -> None:
         """Runs the circuit for angles (B, L, n); the final state, before the last ring, is left
         in ``self.last`` (the state is ``self.last[:, perm]``)."""
-        self.plan.factors(theta, self.factors, self.table)
-        self.inputs[0].zero_()
-        self.origin.fill_(1)
+        self.plan.factors(theta, self)
         for step in self.forward_calls:
             step()
 
@@ -228,11 +280,11 @@ class Workspace:
         for step in self.backward_calls:
             step()
         out = self.angle_grad
-        for g, (c, signs) in enumerate(self.pairs):
-            if g:
-                out.addmm_(c.view(out.shape[0], -1), signs)
+        for i, (c, signs) in enumerate(self.terms):
+            if i:
+                out.addmm_(c, signs)
             else:
-                torch.mm(c.view(out.shape[0], -1), signs, out=out)
+                torch.mm(c, signs, out=out)
         blocks, batch = self.outputs[0].shape[0], self.outputs[0].shape[1]
         return out.view(blocks, batch, -1).transpose(0, 1)
 
@@ -254,8 +306,8 @@ class RyProbs(torch.autograd.Function):
         keep = ctx.needs_input_grad[0]
         dtype = dtype or theta.dtype
         ws = plan.workspace(theta.shape[0], theta.shape[1], dtype, keep)
-        ws.forward(theta.to(dtype))
-        psi = _permute(ws.last, plan.perm)
+        ws.forward(theta)
+        psi = _permute(ws.last, plan.perm, out=ws.psi)
         if keep:
             ws.owner = ctx.token = object()
             ctx.plan, ctx.ws = plan, ws
@@ -271,7 +323,7 @@ class RyProbs(torch.autograd.Function):
             raise RuntimeError("the ry circuit's saved states were reused by a later forward "
                                "pass: run its backward once, before the next forward")
         # dL/dpsi = 2 psi dL/dp, taken back through the last ring (the 2 is in the sign maps)
-        torch.mul(_permute(grad_p, ctx.plan.inverse), ws.last, out=ws.last_grad)
+        _permute(torch.mul(grad_p, ws.psi, out=ws.psi_grad), ctx.plan.inverse, out=ws.last_grad)
         grad = ws.backward().to(grad_p.dtype, copy=True)
         ctx.plan.release(ws)  # still ours until another forward takes it
         return grad, None, None

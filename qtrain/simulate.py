@@ -159,13 +159,13 @@ class NativeSimulator:
     def probs(self, angles: torch.Tensor) -> torch.Tensor:
         """Basis-state probabilities for angles (P,) or a batch (B, P): (2^n,) or (B, 2^n)."""
         single = angles.dim() == 1
-        a = angles.reshape(1, -1) if single else angles
         if self.circuit.ansatz == "ry":
-            p = self._ry_probs(a)
+            p = self._ry_probs(angles)
         else:
-            state = self._u3_state(a)
+            state = self._u3_state(angles.reshape(1, -1) if single else angles)
             p = state.real**2 + state.imag**2
-        return p[0] if single else p
+        # a view the backward pass only reshapes (indexing would zero-fill a gradient)
+        return p.squeeze(0) if single else p
 
     def _layer_factors(self, mats: torch.Tensor) -> list[torch.Tensor]:
         """Per group, its Kronecker factor for every block: (B, L, 2^g, 2^g)."""
@@ -176,7 +176,8 @@ class NativeSimulator:
 
     def _ry_probs(self, a: torch.Tensor) -> torch.Tensor:
         c = self.circuit
-        theta = a.reshape(a.shape[0], c.blocks, c.qubits)
+        # one view of the angles (P,) or (B, P), one node for autograd
+        theta = a.reshape(1 if a.dim() == 1 else a.shape[0], c.blocks, c.qubits)
         if self.precision == "exact" and c.qubits <= EXACT_QUBITS and a.device.type != "mps":
             # a float32 gradient is ~1e-6 relative off the exact one: enough for training to
             # drift from exact parameter-shift by ~1e-5 within two digits epochs
