@@ -10,6 +10,11 @@ backprop) over native, timed in the same run in interleaved rounds, as medians: 
 candidate runs right after one PennyLane call, four times; ``cold`` is its first call (PennyLane's
 50 ms has just filled the caches with its own data), ``warm`` the three after it (as a kernel
 benchmark repeats). Prints one JSON object.
+
+``--compile`` also times what ``torch.compile`` makes of the same ry algorithm (the Kronecker
+factors, the ring permutation, the stored-state adjoint backward) written functionally, since
+the native simulator itself (pre-built calls on reused buffers) cannot be traced; it is
+qtrain's only compiled form of the circuit, and it is not used in training because it is slower.
 Targets (issue 4): ry 13q x 8 >= 50x eager, >= 80x compiled; u3 >= 30x; ry 20 qubits <= 150 ms.
 """
 
@@ -23,7 +28,14 @@ import torch
 from _timing import machine, time_cold_warm, time_interleaved
 
 from qtrain.circuits import Circuit
-from qtrain.simulate import NativeSimulator
+from qtrain.ry_adjoint import RyPlan
+from qtrain.simulate import EXACT_QUBITS, NativeSimulator, qubit_groups, ring_permutation
+
+
+def _grad(c: Circuit, precision: str, angles: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    angles.grad = None
+    (NativeSimulator(c, precision).probs(angles) * w).sum().backward()
+    return angles.grad.clone()
 
 
 def _step(probs, angles: torch.Tensor, weights: torch.Tensor):
@@ -31,6 +43,62 @@ def _step(probs, angles: torch.Tensor, weights: torch.Tensor):
         angles.grad = None
         (probs(angles) * weights).sum().backward()
     return run
+
+
+def functional_ry(c: Circuit, precision: str):
+    """The ry circuit's probabilities, as the native simulator computes them, in functional form
+    (fresh tensors, no out=) with the same adjoint backward, for ``torch.compile``."""
+    n, blocks = c.qubits, c.blocks
+    dtype = torch.float64 if precision == "exact" and n <= EXACT_QUBITS else torch.float32
+    plan = RyPlan(n, qubit_groups(n), ring_permutation(n), torch.device("cpu"))
+    sizes, signs = plan.sizes, plan.signs_for(dtype)
+    gather, perm, inverse = plan.gather, plan.perm, plan.inverse
+
+    def factors(theta):
+        half = theta.to(dtype) * 0.5
+        c, s = half.cos(), half.sin()
+        table = torch.cat([c, s, -s, torch.ones_like(c[..., :1])], -1)
+        flat = table[..., gather].prod(-2)  # (B, L, sum 4^g)
+        return [f.unflatten(-1, (k, k)) for f, k in zip(flat.split([k * k for k in sizes], -1),
+                                                        sizes, strict=True)]
+
+    class Ry(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, theta):
+            fs, batch = factors(theta), theta.shape[0]
+            state = torch.zeros(batch, 2**n, dtype=dtype)
+            state[:, 0] = 1
+            outs = []
+            for b in range(blocks):
+                if b:
+                    state = state.index_select(1, perm)
+                for g in reversed(range(len(sizes))):
+                    x = state.view(batch, -1, sizes[g]).transpose(1, 2)
+                    state = torch.bmm(fs[g][:, b], x).view(batch, -1)
+                    outs.append(state)
+            ctx.save_for_backward(theta, *outs)
+            psi = state.index_select(1, perm)
+            return (psi * psi).to(theta.dtype)
+
+        @staticmethod
+        def backward(ctx, grad_p):
+            theta, *outs = ctx.saved_tensors
+            fs, batch, count = factors(theta), theta.shape[0], len(sizes)
+            mu = grad_p.to(dtype).index_select(1, inverse) * outs[-1]  # the 2 is in the signs
+            cs = [[] for _ in range(blocks)]
+            for b in reversed(range(blocks)):
+                for g in range(count):
+                    m = mu.view(batch, sizes[g], -1)
+                    y = outs[b * count + count - 1 - g].view(batch, sizes[g], -1)
+                    cs[b].append(torch.bmm(m, y.transpose(1, 2)).flatten(1))
+                    if b or g < count - 1:
+                        mu = torch.bmm(m.transpose(1, 2), fs[g][:, b]).view(batch, -1)
+                if b:
+                    mu = mu.index_select(1, inverse)
+            c_all = torch.stack([torch.cat(row, 1) for row in cs], 1)  # (B, L, sum 4^g)
+            return (c_all @ signs).to(grad_p.dtype)
+
+    return lambda angles: Ry.apply(angles.reshape(1, blocks, n))[0]
 
 
 def compare(ansatz: str, n: int, blocks: int, rounds: int, compiled: bool) -> dict:
@@ -46,8 +114,12 @@ def compare(ansatz: str, n: int, blocks: int, rounds: int, compiled: bool) -> di
         fns[f"native_{precision}"] = _step(NativeSimulator(c, precision).probs, angles, w)
     if compiled:
         for precision in precisions:
-            probs = torch.compile(NativeSimulator(c, precision).probs, dynamic=False)
-            fns[f"native_{precision}_compiled"] = _step(probs, angles, w)
+            probs = torch.compile(functional_ry(c, precision), dynamic=False, fullgraph=True)
+            step = _step(probs, angles, w)
+            step()  # compiles
+            torch.testing.assert_close(angles.grad.clone(), _grad(c, precision, angles, w),
+                                       rtol=1e-4, atol=1e-6)
+            fns[f"native_{precision}_compiled"] = step
     times = time_cold_warm(_step(pl.probs, angles, w), fns, rounds)
     base = times.pop("baseline")
     out = {"pennylane_default_qubit_ms": round(base * 1e3, 3)}

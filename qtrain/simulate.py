@@ -156,6 +156,9 @@ class NativeSimulator:
             self._plans[device] = RyPlan(self.circuit.qubits, self.groups, self._perm, device)
         return self._plans[device]
 
+    # runs eager under torch.compile: pre-built calls on reused buffers are not traceable, and
+    # Inductor's version of the same algorithm was slower (benchmarks/bench_circuit.py --compile)
+    @torch.compiler.disable
     def probs(self, angles: torch.Tensor) -> torch.Tensor:
         """Basis-state probabilities for angles (P,) or a batch (B, P): (2^n,) or (B, 2^n)."""
         single = angles.dim() == 1
