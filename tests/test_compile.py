@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -11,11 +12,15 @@ from qtrain import QTConfig, QuantumTrain
 from qtrain.compiled import compile_step
 from qtrain.models import digits_cnn
 
+needs_compiler = pytest.mark.skipif(shutil.which("g++") is None,
+                                    reason="torch.compile on the CPU needs a C++ compiler (g++)")
+
 
 def _losses(folder) -> list[float]:
     return [json.loads(line)["train_loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+@needs_compiler
 # both raised from inside torch's own tracing, not by qtrain
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
@@ -35,6 +40,7 @@ def test_compiled_step_matches_eager_gradients():
         torch.testing.assert_close(comp, eager, rtol=1e-4, atol=1e-5)
 
 
+@needs_compiler
 def test_cli_compile_trains_like_eager(tmp_path, cli_subprocess, fast_args):
     runs = {}
     for name, extra in (("eager", []), ("compiled", ["--compile"])):
