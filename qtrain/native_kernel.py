@@ -1,0 +1,158 @@
+"""The compiled path of the ``ry`` simulator (``--compile``): a C++ kernel for the circuit's
+probabilities and their adjoint gradient, built on first use and cached.
+
+The kernel (``qtrain/ry_kernel.cpp``) is plain C++ with no torch headers, so it builds in about a
+second: :func:`load` builds it with ``torch.utils.cpp_extension.load`` (ninja, ``-O3 -march=native``)
+into torch's extension cache, or into ``QTRAIN_KERNEL_DIR`` when set, and calls its ``extern "C"``
+entry points through ctypes (which releases the GIL). A later process finds the library built and
+only loads it; a changed source is rebuilt.
+
+:func:`ry_probs` is one autograd node: probabilities (B, 2^n) for angles (B, L, n), computed in
+``dtype`` (the angles' by default; float64 for "exact"), returned in the angles' dtype, with the
+angles' gradient by the adjoint method (no states stored: the backward pass un-computes them).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import QTrainError
+
+SOURCE = Path(__file__).with_name("ry_kernel.cpp")
+NAME = "qtrain_ry_kernel"
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-pthread"]
+# the C++ defaults of ry_tune(tile bits float, tile bits double, group bits)
+DEFAULT_TUNING = (16, 15, 6)
+_HINT = "--compile needs a C++ compiler (g++ or clang++, with ninja): install one or drop --compile"
+
+_lib = None
+_checked_perms: set[int] = set()
+# (compute dtype, output dtype) -> entry point suffix
+_SUFFIX = {(torch.float32, torch.float32): "ff", (torch.float64, torch.float64): "dd",
+           (torch.float64, torch.float32): "df"}
+
+
+class _Kernel:
+    """The loaded library's entry points, with their ctypes signatures."""
+
+    def __init__(self, path: str):
+        self.path = path
+        lib = ctypes.CDLL(path)
+        ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        self.forward, self.backward = {}, {}
+        for key, suffix in _SUFFIX.items():
+            fwd = getattr(lib, f"ry_forward_{suffix}")
+            fwd.argtypes, fwd.restype = [ptr, i64, i32, i32, ptr, ptr, i32], None
+            bwd = getattr(lib, f"ry_backward_{suffix}")
+            bwd.argtypes, bwd.restype = [ptr, i64, i32, i32, ptr, ptr, ptr, i32], None
+            self.forward[key], self.backward[key] = fwd, bwd
+        self.tune = lib.ry_tune
+        self.tune.argtypes, self.tune.restype = [i32, i32, i32], None
+
+
+def compiler() -> str | None:
+    """The C++ compiler torch's extension builder will use (``$CXX`` or ``c++``), if found."""
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
+def available() -> bool:
+    """Whether the kernel can be built here (a C++ compiler and ninja are on the PATH)."""
+    return compiler() is not None and shutil.which("ninja") is not None
+
+
+def load(verbose: bool = False) -> _Kernel:
+    """Build (first use, or after the source changed) and load the kernel, once per process.
+
+    Raises:
+        QTrainError: no C++ compiler or ninja, or the build failed.
+    """
+    global _lib
+    if _lib is not None:
+        return _lib
+    if not available():
+        raise QTrainError(_HINT)
+    from torch.utils import cpp_extension
+
+    kwargs = {}
+    if os.environ.get("QTRAIN_KERNEL_DIR"):
+        build = Path(os.environ["QTRAIN_KERNEL_DIR"]).expanduser()
+        build.mkdir(parents=True, exist_ok=True)
+        kwargs["build_directory"] = str(build)
+    try:
+        path = cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=FLAGS, is_python_module=False,
+                                  verbose=verbose, **kwargs)
+    except (RuntimeError, OSError, ImportError) as exc:
+        raise QTrainError(f"{_HINT} (building {SOURCE.name} failed: {str(exc).splitlines()[0]})") from exc
+    _lib = _Kernel(path)
+    return _lib
+
+
+def _check_perm(n: int, perm: torch.Tensor | None, inverse: torch.Tensor | None) -> None:
+    """The kernel computes the CNOT ring's permutation from index bits: check, once per n, that
+    the caller's ``perm`` (and ``inverse``) are that permutation."""
+    if n in _checked_perms or (perm is None and inverse is None):
+        return
+    j = torch.arange(2**n)
+    src = j ^ (j >> 1) ^ ((j & 1) * (3 << (n - 2)))
+    if perm is not None and not torch.equal(perm.cpu().long(), src):
+        raise ValueError(f"perm is not the {n}-qubit CNOT ring the kernel implements")
+    if inverse is not None and not torch.equal(inverse.cpu().long(), torch.argsort(src)):
+        raise ValueError(f"inverse is not the inverse of the {n}-qubit CNOT ring")
+    _checked_perms.add(n)
+
+
+class RyProbsKernel(torch.autograd.Function):
+    """Probabilities (B, 2^n) of the ry circuit for angles (B, L, n) by the C++ kernel, computed
+    in ``dtype`` (float32 or float64), returned and differentiated in the angles' dtype."""
+
+    @staticmethod
+    def forward(ctx, theta, dtype):
+        kernel = load()
+        batch, blocks, n = theta.shape
+        out = theta.dtype if (dtype, theta.dtype) in _SUFFIX else dtype
+        th = theta.detach().to(dtype=dtype, copy=False).contiguous()
+        probs = torch.empty(batch, 2**n, dtype=out)
+        keep = ctx.needs_input_grad[0]
+        states = torch.empty(batch, 2**n, dtype=dtype) if keep else None
+        kernel.forward[(dtype, out)](th.data_ptr(), batch, blocks, n,
+                                     states.data_ptr() if keep else None, probs.data_ptr(),
+                                     torch.get_num_threads())
+        if keep:
+            ctx.th, ctx.states, ctx.key = th, states, (dtype, out)
+        return probs.to(theta.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, grad_p):
+        th, out = ctx.th, ctx.key[1]
+        batch, blocks, n = th.shape
+        gp = grad_p.to(dtype=out).contiguous()
+        grad = torch.empty(batch, blocks, n, dtype=torch.float64)
+        load().backward[ctx.key](th.data_ptr(), batch, blocks, n, ctx.states.data_ptr(),
+                                 gp.data_ptr(), grad.data_ptr(), torch.get_num_threads())
+        return grad.to(grad_p.dtype), None
+
+
+def ry_probs(theta: torch.Tensor, perm: torch.Tensor | None = None, inverse: torch.Tensor | None = None,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Probabilities (B, 2^n) of the ry circuit for angles ``theta`` (B, L, n) on the CPU, in
+    ``dtype`` (float32 or float64; the angles' by default), returned in the angles' dtype and
+    differentiable in the angles. ``perm``/``inverse`` (``qtrain.simulate.ring_permutation`` and
+    its inverse) are optional: the kernel computes the ring from index bits and checks them once.
+    """
+    if theta.dim() != 3:
+        raise ValueError(f"theta must be (B, L, n), got shape {tuple(theta.shape)}")
+    if theta.device.type != "cpu":
+        raise ValueError(f"the compiled ry kernel runs on the CPU, not on {theta.device}")
+    n = theta.shape[-1]
+    if not 2 <= n <= 40:
+        raise ValueError(f"the compiled ry kernel needs 2 to 40 qubits, got {n}")
+    dtype = dtype or theta.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"the compiled ry kernel computes in float32 or float64, not {dtype}")
+    _check_perm(n, perm, inverse)
+    return RyProbsKernel.apply(theta, dtype)
