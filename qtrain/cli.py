@@ -162,7 +162,9 @@ def cli():
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps.")
 @click.option("--compile", is_flag=True,
-              help="torch.compile the training step's mapping and network (first steps compile).")
+              help="Run the ry circuit with qtrain's C++ kernel (built once with your C++ compiler).")
+@click.option("--compile-network", is_flag=True,
+              help="torch.compile the network on the generated weights (can be slower: measure).")
 @click.option("--nproc", default=None, type=int,
               help="Data-parallel processes on this machine (launches torchrun) [1].")
 @click.option("--out", default=None, help="Output folder [checkpoints/<model>-<ansatz>-q<n>-L<L>].")
@@ -174,7 +176,7 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
              blocks, mapping_hidden, mapping_act, scaling, gamma, beta, alpha, include, exclude,
              freeze_rest, distill, distill_alpha, temperature, task, init, fit_steps, fit_lr,
              backend, pl_device, epochs, batch_size, lr, weight_decay, clip, schedule, patience, seed,
-             device, compile, nproc, out, resume, force, quiet, as_json, **hardware):
+             device, compile, compile_network, nproc, out, resume, force, quiet, as_json, **hardware):
     """Quantum-Train MODEL (a state_dict file with --arch, a pickled module, or a built-in
     architecture name; default: the built-in digits_cnn on scikit-learn's digits)."""
     from . import distributed
@@ -204,7 +206,7 @@ def compress(model, arch, arch_kwargs, trust_pickle, data, data_dir, qubits, chu
                     freeze_rest=freeze_rest, backend=backend, pl_device=pl_device, **hardware),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                           clip=clip, seed=seed, device=device, schedule=schedule, patience=patience,
-                          quiet=quiet, compile=compile),
+                          quiet=quiet, compile=compile, compile_network=compile_network),
         distill=DistillConfig(enabled=distill, alpha=distill_alpha, temperature=temperature,
                               task=task),
         init=InitConfig(init=init, fit_steps=fit_steps, fit_lr=fit_lr))

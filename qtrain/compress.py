@@ -148,6 +148,10 @@ def compress(model: nn.Module | Target, data: str | tuple[Dataset, Dataset] = "d
     ctx = distributed.setup(cfg.train.device)  # joins torchrun's process group, if any
     torch.manual_seed(cfg.train.seed)
     qt = QuantumTrain(target.module, cfg.qt)
+    if cfg.train.compile:  # built before anything runs the circuit or --out is touched
+        from .compiled import use_compiled_kernel
+
+        use_compiled_kernel(qt, device)
     task = task_of(train_ds) if labelled else None
     check_fit(qt, train_ds, task)
     # the teacher is MODEL itself, run in eval mode before any training touches its buffers

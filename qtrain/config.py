@@ -139,8 +139,10 @@ class TrainConfig:
             (annealed to zero over the epochs).
         patience, factor: the plateau schedule's settings.
         quiet: no progress bars.
-        compile: run the training step's mapping and network through ``torch.compile``
-            (``--compile``; the circuit keeps its own kernel). The first steps compile.
+        compile: run the ry circuit with qtrain's C++ kernel (``--compile``; built once with the
+            machine's C++ compiler and cached), on the CPU with the native backend.
+        compile_network: run the training step's network on the generated weights through
+            ``torch.compile`` (``--compile-network``); the first steps compile.
     """
 
     epochs: int = 50
@@ -155,6 +157,7 @@ class TrainConfig:
     factor: float = 0.5
     quiet: bool = False
     compile: bool = False
+    compile_network: bool = False
 
     def __post_init__(self):
         _choice(self.device, DEVICES, "--device")

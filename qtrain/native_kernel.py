@@ -1,11 +1,13 @@
 """The compiled path of the ``ry`` simulator (``--compile``): a C++ kernel for the circuit's
 probabilities and their adjoint gradient, built on first use and cached.
 
-The kernel (``qtrain/ry_kernel.cpp``) is plain C++ with no torch headers, so it builds in about a
-second: :func:`load` builds it with ``torch.utils.cpp_extension.load`` (ninja, ``-O3 -march=native``)
-into torch's extension cache, or into ``QTRAIN_KERNEL_DIR`` when set, and calls its ``extern "C"``
-entry points through ctypes (which releases the GIL). A later process finds the library built and
-only loads it; a changed source is rebuilt.
+The kernel (``qtrain/ry_kernel.cpp``) is plain C++ with no torch headers, so it builds in about
+two seconds with one compiler call (``$CXX`` or ``c++``, ``-O3 -march=native``): :func:`load`
+writes the library to a temporary file and renames it into the cache (``QTRAIN_KERNEL_DIR``, else
+``$XDG_CACHE_HOME/qtrain`` or ``~/.cache/qtrain``) under a name made of the hash of the source,
+the flags, the compiler and the CPU, and calls its ``extern "C"`` entry points through ctypes
+(which releases the GIL). A later process finds the library built and only loads it; a changed
+source, compiler or CPU gets its own build.
 
 :func:`ry_probs` is one autograd node: probabilities (B, 2^n) for angles (B, L, n), computed in
 ``dtype`` (the angles' by default; float64 for "exact"), returned in the angles' dtype, with the
@@ -15,8 +17,12 @@ angles' gradient by the adjoint method (no states stored: the backward pass un-c
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import platform
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,10 +31,10 @@ from .errors import QTrainError
 
 SOURCE = Path(__file__).with_name("ry_kernel.cpp")
 NAME = "qtrain_ry_kernel"
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-pthread"]
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-pthread", "-shared", "-fPIC", "-std=c++17"]
 # the C++ defaults of ry_tune(tile bits float, tile bits double, group bits)
 DEFAULT_TUNING = (16, 15, 6)
-_HINT = "--compile needs a C++ compiler (g++ or clang++, with ninja): install one or drop --compile"
+_HINT = "--compile needs a C++ compiler (g++ or clang++; $CXX picks one): install one or drop --compile"
 
 _lib = None
 _checked_perms: set[int] = set()
@@ -56,39 +62,72 @@ class _Kernel:
 
 
 def compiler() -> str | None:
-    """The C++ compiler torch's extension builder will use (``$CXX`` or ``c++``), if found."""
-    return shutil.which(os.environ.get("CXX", "c++"))
+    """The C++ compiler the kernel is built with (``$CXX``, else ``c++``), if found."""
+    return shutil.which(os.environ.get("CXX") or "c++")
 
 
 def available() -> bool:
-    """Whether the kernel can be built here (a C++ compiler and ninja are on the PATH)."""
-    return compiler() is not None and shutil.which("ninja") is not None
+    """Whether the kernel can be built here (a C++ compiler is on the PATH)."""
+    return compiler() is not None
 
 
-def load(verbose: bool = False) -> _Kernel:
-    """Build (first use, or after the source changed) and load the kernel, once per process.
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``QTRAIN_KERNEL_DIR``, else the user's cache folder."""
+    if os.environ.get("QTRAIN_KERNEL_DIR"):
+        return Path(os.environ["QTRAIN_KERNEL_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qtrain"
+
+
+def _cpu() -> str:
+    """What -march=native depends on: the CPU model and its feature flags (Linux), else the arch."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return "\n".join(sorted({line for line in info.splitlines()
+                                 if line.startswith(("model name", "flags"))}))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _build(cxx: str, target: Path) -> None:
+    """Compile the kernel into ``target``, atomically: a temporary file renamed into place, so a
+    concurrent or interrupted build never leaves a broken library behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if proc.returncode != 0:
+            first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
+            raise QTrainError(f"{_HINT} (building {SOURCE.name} with {cxx} failed: {first[:200]})")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load() -> _Kernel:
+    """Build (first use, or for a new source, compiler or CPU) and load the kernel, once per
+    process.
 
     Raises:
-        QTrainError: no C++ compiler or ninja, or the build failed.
+        QTrainError: no C++ compiler, or the build failed.
     """
     global _lib
     if _lib is not None:
         return _lib
-    if not available():
+    cxx = compiler()
+    if cxx is None:
         raise QTrainError(_HINT)
-    from torch.utils import cpp_extension
-
-    kwargs = {}
-    if os.environ.get("QTRAIN_KERNEL_DIR"):
-        build = Path(os.environ["QTRAIN_KERNEL_DIR"]).expanduser()
-        build.mkdir(parents=True, exist_ok=True)
-        kwargs["build_directory"] = str(build)
-    try:
-        path = cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=FLAGS, is_python_module=False,
-                                  verbose=verbose, **kwargs)
-    except (RuntimeError, OSError, ImportError) as exc:
-        raise QTrainError(f"{_HINT} (building {SOURCE.name} failed: {str(exc).splitlines()[0]})") from exc
-    _lib = _Kernel(path)
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, os.path.realpath(cxx), _cpu()])
+                         .encode()).hexdigest()[:16]
+    target = cache_dir() / f"{NAME}-{key}.so"
+    if not target.is_file():
+        try:
+            _build(cxx, target)
+        except OSError as exc:  # an unwritable cache folder
+            raise QTrainError(f"cannot build the compiled kernel in {target.parent} ({exc.strerror}):"
+                              " set QTRAIN_KERNEL_DIR to a writable folder, or drop --compile") from exc
+    _lib = _Kernel(str(target))
     return _lib
 
 

@@ -139,10 +139,12 @@ class NativeSimulator:
         precision: ``exact`` runs ``ry`` in float64 up to :data:`EXACT_QUBITS` whatever the
             angles' dtype (probabilities come back in the angles' dtype; MPS has no float64 and
             runs it as ``fast``); ``fast`` runs it in the angles' dtype.
+        compiled: run ``ry`` on the CPU with the C++ kernel of :mod:`qtrain.native_kernel`
+            (``--compile``), in the same precision; other ansatze and devices are unaffected.
     """
 
-    def __init__(self, circuit: Circuit, precision: str = "exact"):
-        self.circuit, self.precision = circuit, precision
+    def __init__(self, circuit: Circuit, precision: str = "exact", compiled: bool = False):
+        self.circuit, self.precision, self.compiled = circuit, precision, compiled
         # u3 multiplies its CU3 chains into group-sized complex matrices: keep those small
         self.groups = qubit_groups(circuit.qubits, 4 if circuit.ansatz == "u3" else None)
         self._perm = ring_permutation(circuit.qubits) if circuit.ansatz == "ry" else None
@@ -181,10 +183,14 @@ class NativeSimulator:
         c = self.circuit
         # one view of the angles (P,) or (B, P), one node for autograd
         theta = a.reshape(1 if a.dim() == 1 else a.shape[0], c.blocks, c.qubits)
-        if self.precision == "exact" and c.qubits <= EXACT_QUBITS and a.device.type != "mps":
-            # a float32 gradient is ~1e-6 relative off the exact one: enough for training to
-            # drift from exact parameter-shift by ~1e-5 within two digits epochs
-            # (tests/test_gradients.py); float64 costs about +40% at 13 qubits
+        # a float32 gradient is ~1e-6 relative off the exact one: enough for training to drift
+        # from exact parameter-shift by ~1e-5 within two digits epochs (tests/test_gradients.py)
+        exact = self.precision == "exact" and c.qubits <= EXACT_QUBITS and a.device.type != "mps"
+        if self.compiled and a.device.type == "cpu":
+            from .native_kernel import ry_probs
+
+            return ry_probs(theta, dtype=torch.float64 if exact else None)
+        if exact:
             return RyProbs.apply(theta, self._plan_on(a.device), torch.float64)
         return RyProbs.apply(theta, self._plan_on(a.device))
 

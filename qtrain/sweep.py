@@ -55,7 +55,7 @@ def build_config(opts: dict, ansatz: str, blocks: int, qubits: int | None) -> Co
 
 def _signature(model, opts: dict, cfg: CompressConfig) -> dict:
     data = to_dict(cfg)
-    for key in ("quiet", "device", "compile"):  # how it ran, not what it is
+    for key in ("quiet", "device", "compile", "compile_network"):  # how it ran, not what it is
         data["_data"]["train"]["_data"].pop(key, None)
     return {"model": model, **{k: opts.get(k) for k in TARGET_OPTS if k != "trust_pickle"},
             "config": data}

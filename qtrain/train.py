@@ -209,10 +209,13 @@ def fit(qt: QuantumTrain, train_ds: Dataset, test_ds: Dataset, cfg: TrainConfig,
     n = len(train_ds)
     steps = math.ceil(n / cfg.batch_size)
     forward = qt
-    if cfg.compile:
-        from .compiled import compile_step
+    if cfg.compile or cfg.compile_network:
+        from .compiled import compile_network, use_compiled_kernel
 
-        forward = compile_step(qt, device)
+        if cfg.compile:
+            use_compiled_kernel(qt, device)
+        if cfg.compile_network:
+            forward = compile_network(qt, device)
 
     def save(epoch: int, step: int, totals: tuple[float, int, float]) -> None:
         if out is None or not ctx.main:

@@ -20,7 +20,7 @@ from qtrain.simulate import NativeSimulator, ring_permutation
 @pytest.fixture(scope="module")
 def kernel():
     if not native_kernel.available():
-        pytest.skip("no C++ compiler (or ninja) found: the compiled ry kernel cannot be built")
+        pytest.skip("no C++ compiler found: the compiled ry kernel cannot be built")
     return native_kernel.load()
 
 
