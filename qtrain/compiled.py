@@ -47,6 +47,7 @@ def use_compiled_kernel(qt: QuantumTrain, device: torch.device) -> None:
                           "runs on the device: drop --compile")
     native_kernel.load()
     qt.generator.estimator.simulator.compiled = True
+    qt.generator.compiled = True  # the post-processing and the mapping by qtrain.mapping_kernel
 
 
 def _check_compiler(device: torch.device) -> None:
