@@ -43,8 +43,8 @@ class WeightGenerator(nn.Module):
             ``scaling="tensor"`` each generated tensor starts with exactly this std and mean.
     """
 
-    # set by qtrain.compiled.use_compiled_kernel (--compile): the post-processing and the mapping
-    # by the C++ kernel of qtrain.mapping_kernel where it applies
+    # set by qtrain.compiled.use_compiled_kernel (--compile): the post-processing, the mapping and
+    # the scaling by the C++ kernel of qtrain.mapping_kernel where it applies
     compiled = False
 
     def __init__(self, circuit: Circuit, chunk: int, cfg: QTConfig, numels: list[int],
@@ -98,22 +98,17 @@ class WeightGenerator(nn.Module):
     def forward(self) -> torch.Tensor:
         """The flat vector of M generated weights."""
         p = self.probabilities()
-        h = out = None
         if self.compiled:
-            from . import mapping_kernel
+            from .mapping_kernel import generate
 
-            h = mapping_kernel.mapping(self, p)
-        if h is None:
-            h = self._mapping(p)
-        flat = h.reshape(-1)
+            out = generate(self, p)
+            if out is not None:
+                return out
+        flat = self._mapping(p).reshape(-1)
         if self.cfg.scaling == "none":
             flat = flat[: self.size]
             return flat - flat.mean()
-        if self.compiled:
-            out = mapping_kernel.standardise(self, flat)
-        if out is None:
-            out = Standardise.apply(flat, self.gain, self.shift, self.ref, self.counts, self.segments)
-        return out
+        return Standardise.apply(flat, self.gain, self.shift, self.ref, self.counts, self.segments)
 
     def _mapping(self, p: torch.Tensor) -> torch.Tensor:
         """The post-processing and the mapping MLP by torch ops: (2^n, k)."""
