@@ -19,6 +19,7 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -76,14 +77,8 @@ INL V recip(V x) {
   return 1.0f / x;
 }
 
-template <typename V, typename I>
-INL V exp_v(V x) {
-  x = x < -87.33654f ? splat<V>(-87.33654f) : x;
-  x = x > 88.72283f ? splat<V>(88.72283f) : x;
-  // round x / ln 2 to the nearest integer k by the 1.5 * 2^23 shift: k sits in the low mantissa bits
-  const V big = x * 1.44269504088896341f + 12582912.0f;
-  const V fx = big - 12582912.0f;
-  x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
+template <typename V>
+INL V exp_poly(V x) {  // e^x for |x| <= ln(2) / 2
   const V z = x * x;
   V y = splat<V>(1.9875691500E-4f);
   y = y * x + 1.3981999507E-3f;
@@ -91,8 +86,26 @@ INL V exp_v(V x) {
   y = y * x + 4.1665795894E-2f;
   y = y * x + 1.6666665459E-1f;
   y = y * x + 5.0000001201E-1f;
-  y = y * z + x + 1.0f;
-  return y * (V)(((I)big - 0x4b400000 + 127) << 23);
+  return y * z + x + 1.0f;
+}
+
+template <typename V, typename I>
+INL V exp_v(V x) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {  // k = round(x / ln 2), e^x = 2^k e^r by vscalefps (no clamps)
+    const __mmask16 all = 0xffff;
+    const V k = (V)_mm512_maskz_roundscale_ps(all, (__m512)(x * 1.44269504088896341f),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return (V)_mm512_maskz_scalef_ps(all, (__m512)exp_poly(x - k * 0.693359375f + k * 2.12194440e-4f),
+                                     (__m512)k);
+  }
+#endif
+  x = x < -87.33654f ? splat<V>(-87.33654f) : x;
+  x = x > 88.72283f ? splat<V>(88.72283f) : x;
+  // round x / ln 2 to the nearest integer k by the 1.5 * 2^23 shift: k sits in the low mantissa bits
+  const V big = x * 1.44269504088896341f + 12582912.0f;
+  const V fx = big - 12582912.0f;
+  return exp_poly(x - fx * 0.693359375f + fx * 2.12194440e-4f) * (V)(((I)big - 0x4b400000 + 127) << 23);
 }
 
 template <typename V, typename I>
@@ -206,6 +219,23 @@ void forward(const Shape& s, const float* top, const float* lowT, const float* w
     float* At = A + i0 * H;
     float* Dt = ACT == GELU ? D + i0 * H : nullptr;
     const float* xt = x + i0;
+    if (K == 1 && nlo >= T) {  // one output (the common case): every lane through all j in registers
+      const float* lo = lowT + (i0 & mlo);
+      const float* tp = top + (i0 >> s.lob) * H;
+      for (int l = 0; l < T; l += W) {
+        const V xv = ld<V>(xt + l);
+        V acc = splat<V>(b2[0]);
+        for (int j = 0; j < H; ++j) {
+          V av, dv;
+          activate<ACT, V, I>(ld<V>(lo + j * nlo + l) + tp[j] + xv * wn[j], av, dv);
+          st(At + j * T + l, av);
+          if (ACT == GELU) st(Dt + j * T + l, dv);
+          acc += w2[j] * av;
+        }
+        st(out + i0 + l, acc);
+      }
+      continue;
+    }
     for (int j = 0; j < H; ++j) {
       const float* bj = base;
       if (nlo >= T) {
@@ -256,6 +286,41 @@ void backward(const Shape& s, const float* gout, const float* x, const float* A,
   std::vector<float> ga_buf(size_t(H) * T), acc_wn(size_t(H) * Q, 0.0f), acc_w2(size_t(K) * H * Q, 0.0f),
       acc_b2(size_t(K) * Q, 0.0f), dt_buf(size_t(K > 0 ? K : 1) * T);
   float* ga = ga_buf.data();
+  if (K == 1 && nlo >= T && T >= 16) {  // one output: every lane through all j in registers
+    typedef typename Vec<Q>::V V;
+    std::vector<float> acc_top(size_t(H) * Q);
+    for (int64_t i0 = 0; i0 < s.N; i0 += T) {
+      const float* At = A + i0 * H;
+      const float* Dt = ACT == GELU ? D + i0 * H : nullptr;
+      float* lo = glowT + (i0 & mlo);
+      std::fill(acc_top.begin(), acc_top.end(), 0.0f);
+      for (int l = 0; l < T; l += Q) {
+        const V dk = ld<V>(gout + i0 + l), xv = ld<V>(x + i0 + l);
+        st(acc_b2.data(), ld<V>(acc_b2.data()) + dk);
+        V gxv = splat<V>(0.0f);
+        for (int j = 0; j < H; ++j) {
+          const V a = ld<V>(At + j * T + l);
+          float* aw2 = acc_w2.data() + j * Q;
+          st(aw2, ld<V>(aw2) + dk * a);
+          V g = dk * w2[j];
+          if (ACT == GELU)
+            g *= ld<V>(Dt + j * T + l);
+          else if (ACT == RELU)
+            g = a > 0.0f ? g : splat<V>(0.0f);
+          else if (ACT == TANH)
+            g *= 1.0f - a * a;
+          gxv += g * wn[j];
+          float* awn = acc_wn.data() + j * Q;
+          st(awn, ld<V>(awn) + g * xv);
+          st(lo + j * nlo + l, ld<V>(lo + j * nlo + l) + g);
+          st(acc_top.data() + j * Q, ld<V>(acc_top.data() + j * Q) + g);
+        }
+        st(gx + i0 + l, gxv);
+      }
+      float* tp = gtop + (i0 >> s.lob) * H;
+      for (int j = 0; j < H; ++j) tp[j] += hsum(ld<V>(acc_top.data() + j * Q));
+    }
+  } else {
   float* dt = dt_buf.data();
   alignas(64) float gxt[T];
   for (int64_t i0 = 0; i0 < s.N; i0 += T) {
@@ -328,6 +393,7 @@ void backward(const Shape& s, const float* gout, const float* x, const float* A,
       }
     }
     std::memcpy(gx + i0, gxt, sizeof(gxt));
+  }
   }
   auto reduce = [](const float* v) {
     double t = 0;
@@ -455,22 +521,35 @@ extern "C" void map_backward(const float* gout, int64_t N, int lob, int H, int K
     case TANH: backward_tile<TANH>(s, gout, x, A, D, wp, w2, gp, gt, gl, gn, gw2, gb2); break;
     default: backward_tile<NONE>(s, gout, x, A, D, wp, w2, gp, gt, gl, gn, gw2, gb2); break;
   }
+  // the bit columns: sums of +-gtop over the high rows and of +-glowT over the low ones, in double,
+  // with independent sums per hidden unit j (no long chains of dependent additions)
+  std::vector<double> acc(size_t(n + 2) * H, 0.0);  // rows: the n bits, then the bias
+  for (int64_t r = 0; r < nhi; ++r) {
+    const float* gr = gt + r * H;
+    for (int b = 0; b < hi; ++b) {
+      double* ab = acc.data() + size_t(b) * H;
+      if ((r >> (hi - 1 - b)) & 1)
+        for (int j = 0; j < H; ++j) ab[j] += gr[j];
+      else
+        for (int j = 0; j < H; ++j) ab[j] -= gr[j];
+    }
+  }
+  double* bias = acc.data() + size_t(n + 1) * H;
+  for (int64_t r = 0; r < nlo; ++r) {
+    for (int j = 0; j < H; ++j) bias[j] += gl[j * nlo + r];
+    for (int b = 0; b < lob; ++b) {
+      double* ab = acc.data() + size_t(hi + b) * H;
+      if ((r >> (lob - 1 - b)) & 1)
+        for (int j = 0; j < H; ++j) ab[j] += gl[j * nlo + r];
+      else
+        for (int j = 0; j < H; ++j) ab[j] -= gl[j * nlo + r];
+    }
+  }
   for (int j = 0; j < H; ++j) {
     float* row = gw1 + j * (n + 1);
-    for (int b = 0; b < hi; ++b) {
-      double t = 0;
-      for (int64_t r = 0; r < nhi; ++r) t += ((r >> (hi - 1 - b)) & 1) ? gtop[r * H + j] : -gtop[r * H + j];
-      row[b] = float(t);
-    }
-    double bias = 0;
-    for (int64_t r = 0; r < nlo; ++r) bias += glowT[j * nlo + r];
-    for (int b = 0; b < lob; ++b) {
-      double t = 0;
-      for (int64_t r = 0; r < nlo; ++r) t += ((r >> (lob - 1 - b)) & 1) ? glowT[j * nlo + r] : -glowT[j * nlo + r];
-      row[hi + b] = float(t);
-    }
+    for (int b = 0; b < n; ++b) row[b] = float(acc[size_t(b) * H + j]);
     row[n] = gwn[j];
-    gb1[j] = float(bias);
+    gb1[j] = float(bias[j]);
   }
   const float mean = float(dsum(gp, nullptr, N) / double(N));
   for (int64_t i = 0; i < N; ++i) gp[i] = (gp[i] - mean) * slope[i];
