@@ -321,79 +321,79 @@ void backward(const Shape& s, const float* gout, const float* x, const float* A,
       for (int j = 0; j < H; ++j) tp[j] += hsum(ld<V>(acc_top.data() + j * Q));
     }
   } else {
-  float* dt = dt_buf.data();
-  alignas(64) float gxt[T];
-  for (int64_t i0 = 0; i0 < s.N; i0 += T) {
-    const float* At = A + i0 * H;
-    const float* Dt = ACT == GELU ? D + i0 * H : nullptr;
-    const float* xt = x + i0;
-    if (K == 0) {
-      for (int j = 0; j < H; ++j)
-        for (int l = 0; l < T; ++l) ga[j * T + l] = gout[(i0 + l) * H + j];
-    } else {
-      if (K == 1)
-        std::memcpy(dt, gout + i0, sizeof(float) * T);
-      else
-        for (int k = 0; k < K; ++k)
-          for (int l = 0; l < T; ++l) dt[k * T + l] = gout[(i0 + l) * K + k];
-      for (int j = 0; j < H; ++j) {
-        float* g = ga + j * T;
-        for (int l = 0; l < T; ++l) g[l] = 0.0f;
-      }
-      for (int k = 0; k < K; ++k) {
-        const float* dk = dt + k * T;
-        const float* wk = w2 + int64_t(k) * H;
-        float* bk = acc_b2.data() + k * Q;
-        for (int l0 = 0; l0 < T; l0 += Q)
-          for (int q = 0; q < Q; ++q) bk[q] += dk[l0 + q];
-        for (int j = 0; j < H; ++j) {
-          const float* a = At + j * T;
-          float* g = ga + j * T;
-          float* wkj = acc_w2.data() + (int64_t(k) * H + j) * Q;
-          const float w = wk[j];
-          for (int l = 0; l < T; ++l) g[l] += w * dk[l];
-          for (int l0 = 0; l0 < T; l0 += Q)
-            for (int q = 0; q < Q; ++q) wkj[q] += dk[l0 + q] * a[l0 + q];
-        }
-      }
-    }
-    for (int l = 0; l < T; ++l) gxt[l] = 0.0f;
-    for (int j = 0; j < H; ++j) {
-      float* g = ga + j * T;  // becomes d L / d h
-      const float* d = ACT == GELU ? Dt + j * T : nullptr;
-      const float* a = At + j * T;
-      const float wj = wn[j];
-      float* aw = acc_wn.data() + j * Q;
-      for (int l = 0; l < T; ++l) {  // act'(h): saved for gelu, else from a
-        if (ACT == GELU)
-          g[l] *= d[l];
-        else if (ACT == RELU)
-          g[l] = a[l] > 0.0f ? g[l] : 0.0f;
-        else if (ACT == TANH)
-          g[l] *= 1.0f - a[l] * a[l];
-        gxt[l] += g[l] * wj;
-      }
-      for (int l0 = 0; l0 < T; l0 += Q)
-        for (int q = 0; q < Q; ++q) aw[q] += g[l0 + q] * xt[l0 + q];
-      if (nlo >= T) {
-        float* lj = glowT + j * nlo + (i0 & mlo);
-        for (int l = 0; l < T; ++l) lj[l] += g[l];
-        alignas(64) float sum[Q] = {};
-        for (int l0 = 0; l0 < T; l0 += Q)
-          for (int q = 0; q < Q; ++q) sum[q] += g[l0 + q];
-        float total = 0.0f;
-        for (int q = 0; q < Q; ++q) total += sum[q];
-        gtop[(i0 >> s.lob) * H + j] += total;
+    float* dt = dt_buf.data();
+    alignas(64) float gxt[T];
+    for (int64_t i0 = 0; i0 < s.N; i0 += T) {
+      const float* At = A + i0 * H;
+      const float* Dt = ACT == GELU ? D + i0 * H : nullptr;
+      const float* xt = x + i0;
+      if (K == 0) {
+        for (int j = 0; j < H; ++j)
+          for (int l = 0; l < T; ++l) ga[j * T + l] = gout[(i0 + l) * H + j];
       } else {
-        for (int l = 0; l < T; ++l) {
-          const int64_t i = i0 + l;
-          gtop[(i >> s.lob) * H + j] += g[l];
-          glowT[j * nlo + (i & mlo)] += g[l];
+        if (K == 1)
+          std::memcpy(dt, gout + i0, sizeof(float) * T);
+        else
+          for (int k = 0; k < K; ++k)
+            for (int l = 0; l < T; ++l) dt[k * T + l] = gout[(i0 + l) * K + k];
+        for (int j = 0; j < H; ++j) {
+          float* g = ga + j * T;
+          for (int l = 0; l < T; ++l) g[l] = 0.0f;
+        }
+        for (int k = 0; k < K; ++k) {
+          const float* dk = dt + k * T;
+          const float* wk = w2 + int64_t(k) * H;
+          float* bk = acc_b2.data() + k * Q;
+          for (int l0 = 0; l0 < T; l0 += Q)
+            for (int q = 0; q < Q; ++q) bk[q] += dk[l0 + q];
+          for (int j = 0; j < H; ++j) {
+            const float* a = At + j * T;
+            float* g = ga + j * T;
+            float* wkj = acc_w2.data() + (int64_t(k) * H + j) * Q;
+            const float w = wk[j];
+            for (int l = 0; l < T; ++l) g[l] += w * dk[l];
+            for (int l0 = 0; l0 < T; l0 += Q)
+              for (int q = 0; q < Q; ++q) wkj[q] += dk[l0 + q] * a[l0 + q];
+          }
         }
       }
+      for (int l = 0; l < T; ++l) gxt[l] = 0.0f;
+      for (int j = 0; j < H; ++j) {
+        float* g = ga + j * T;  // becomes d L / d h
+        const float* d = ACT == GELU ? Dt + j * T : nullptr;
+        const float* a = At + j * T;
+        const float wj = wn[j];
+        float* aw = acc_wn.data() + j * Q;
+        for (int l = 0; l < T; ++l) {  // act'(h): saved for gelu, else from a
+          if (ACT == GELU)
+            g[l] *= d[l];
+          else if (ACT == RELU)
+            g[l] = a[l] > 0.0f ? g[l] : 0.0f;
+          else if (ACT == TANH)
+            g[l] *= 1.0f - a[l] * a[l];
+          gxt[l] += g[l] * wj;
+        }
+        for (int l0 = 0; l0 < T; l0 += Q)
+          for (int q = 0; q < Q; ++q) aw[q] += g[l0 + q] * xt[l0 + q];
+        if (nlo >= T) {
+          float* lj = glowT + j * nlo + (i0 & mlo);
+          for (int l = 0; l < T; ++l) lj[l] += g[l];
+          alignas(64) float sum[Q] = {};
+          for (int l0 = 0; l0 < T; l0 += Q)
+            for (int q = 0; q < Q; ++q) sum[q] += g[l0 + q];
+          float total = 0.0f;
+          for (int q = 0; q < Q; ++q) total += sum[q];
+          gtop[(i0 >> s.lob) * H + j] += total;
+        } else {
+          for (int l = 0; l < T; ++l) {
+            const int64_t i = i0 + l;
+            gtop[(i >> s.lob) * H + j] += g[l];
+            glowT[j * nlo + (i & mlo)] += g[l];
+          }
+        }
+      }
+      std::memcpy(gx + i0, gxt, sizeof(gxt));
     }
-    std::memcpy(gx + i0, gxt, sizeof(gxt));
-  }
   }
   auto reduce = [](const float* v) {
     double t = 0;
@@ -409,8 +409,8 @@ void backward(const Shape& s, const float* gout, const float* x, const float* A,
 
 template <int ACT>
 void backward_tile(const Shape& s, const float* gout, const float* x, const float* A, const float* D,
-                   const float* wn, const float* w2, float* gx, float* gtop, float* glowT, float* gwn, float* gw2,
-                   float* gb2) {
+                   const float* wn, const float* w2, float* gx, float* gtop, float* glowT, float* gwn,
+                   float* gw2, float* gb2) {
   switch (s.N >= 64 ? 64 : int(s.N)) {
     case 64: backward<64, ACT>(s, gout, x, A, D, wn, w2, gx, gtop, glowT, gwn, gw2, gb2); break;
     case 32: backward<32, ACT>(s, gout, x, A, D, wn, w2, gx, gtop, glowT, gwn, gw2, gb2); break;
@@ -439,7 +439,10 @@ void bit_parts(int n, int lob, int H, const float* w1, const float* b1, float* t
   for (int64_t r = 0; r < nhi; ++r)
     for (int j = 0; j < H; ++j) {
       double t = 0;
-      for (int b = 0; b < hi; ++b) t += ((r >> (hi - 1 - b)) & 1) ? w1[j * (n + 1) + b] : -w1[j * (n + 1) + b];
+      for (int b = 0; b < hi; ++b) {
+        const float w = w1[j * (n + 1) + b];
+        t += ((r >> (hi - 1 - b)) & 1) ? w : -w;
+      }
       top[r * H + j] = float(t);
     }
   for (int j = 0; j < H; ++j)
@@ -557,8 +560,8 @@ extern "C" void map_backward(const float* gout, int64_t N, int lob, int H, int K
 
 // Standardisation per generated tensor t (segments of flat, lengths numels, T of them):
 // out = (w - mean_t) / std_t * ref_t gain_t + ref_t shift_t; saves centred and istd (T).
-extern "C" void std_forward(const float* flat, int T, const int64_t* numels, const float* ref, const float* gain,
-                            const float* shift, float* centred, float* istd, float* out) {
+extern "C" void std_forward(const float* flat, int T, const int64_t* numels, const float* ref,
+                            const float* gain, const float* shift, float* centred, float* istd, float* out) {
   int64_t o = 0;
   for (int t = 0; t < T; ++t) {
     const int64_t m = numels[t];
@@ -573,9 +576,9 @@ extern "C" void std_forward(const float* flat, int T, const int64_t* numels, con
 }
 
 // gflat (length >= sum numels: the rest zeroed), ggain, gshift (T)
-extern "C" void std_backward(const float* grad, int T, const int64_t* numels, int64_t length, const float* centred,
-                             const float* istd, const float* ref, const float* gain, float* gflat, float* ggain,
-                             float* gshift) {
+extern "C" void std_backward(const float* grad, int T, const int64_t* numels, int64_t length,
+                             const float* centred, const float* istd, const float* ref, const float* gain,
+                             float* gflat, float* ggain, float* gshift) {
   int64_t o = 0;
   for (int t = 0; t < T; ++t) {
     const int64_t m = numels[t];
