@@ -286,39 +286,64 @@ void backward(const Shape& s, const float* gout, const float* x, const float* A,
   std::vector<float> ga_buf(size_t(H) * T), acc_wn(size_t(H) * Q, 0.0f), acc_w2(size_t(K) * H * Q, 0.0f),
       acc_b2(size_t(K) * Q, 0.0f), dt_buf(size_t(K > 0 ? K : 1) * T);
   float* ga = ga_buf.data();
-  if (K == 1 && nlo >= T && T >= 16) {  // one output: every lane through all j in registers
+  if (K == 1 && nlo >= T && T >= 16) {
+    // one output: hidden units in blocks of JB, each block's running sums in registers across the
+    // tile's lanes
     typedef typename Vec<Q>::V V;
-    std::vector<float> acc_top(size_t(H) * Q);
+    constexpr int JB = 4;
+    alignas(64) float gxt[T];
     for (int64_t i0 = 0; i0 < s.N; i0 += T) {
       const float* At = A + i0 * H;
       const float* Dt = ACT == GELU ? D + i0 * H : nullptr;
+      const float* dt = gout + i0;
+      const float* xt = x + i0;
       float* lo = glowT + (i0 & mlo);
-      std::fill(acc_top.begin(), acc_top.end(), 0.0f);
-      for (int l = 0; l < T; l += Q) {
-        const V dk = ld<V>(gout + i0 + l), xv = ld<V>(x + i0 + l);
-        st(acc_b2.data(), ld<V>(acc_b2.data()) + dk);
-        V gxv = splat<V>(0.0f);
-        for (int j = 0; j < H; ++j) {
-          const V a = ld<V>(At + j * T + l);
-          float* aw2 = acc_w2.data() + j * Q;
-          st(aw2, ld<V>(aw2) + dk * a);
-          V g = dk * w2[j];
-          if (ACT == GELU)
-            g *= ld<V>(Dt + j * T + l);
-          else if (ACT == RELU)
-            g = a > 0.0f ? g : splat<V>(0.0f);
-          else if (ACT == TANH)
-            g *= 1.0f - a * a;
-          gxv += g * wn[j];
-          float* awn = acc_wn.data() + j * Q;
-          st(awn, ld<V>(awn) + g * xv);
-          st(lo + j * nlo + l, ld<V>(lo + j * nlo + l) + g);
-          st(acc_top.data() + j * Q, ld<V>(acc_top.data() + j * Q) + g);
-        }
-        st(gx + i0 + l, gxv);
-      }
       float* tp = gtop + (i0 >> s.lob) * H;
-      for (int j = 0; j < H; ++j) tp[j] += hsum(ld<V>(acc_top.data() + j * Q));
+      V b2v = ld<V>(acc_b2.data());
+      for (int l = 0; l < T; l += Q) {
+        b2v += ld<V>(dt + l);
+        st(gxt + l, splat<V>(0.0f));
+      }
+      st(acc_b2.data(), b2v);
+      for (int j0 = 0; j0 < H; j0 += JB) {
+        const int jn = H - j0 < JB ? H - j0 : JB;
+        V aw2[JB], awn[JB], atop[JB];
+        for (int u = 0; u < JB; ++u) {
+          if (u >= jn) break;
+          aw2[u] = ld<V>(acc_w2.data() + (j0 + u) * Q);
+          awn[u] = ld<V>(acc_wn.data() + (j0 + u) * Q);
+          atop[u] = splat<V>(0.0f);
+        }
+        for (int l = 0; l < T; l += Q) {
+          const V dk = ld<V>(dt + l), xv = ld<V>(xt + l);
+          V gxv = ld<V>(gxt + l);
+          for (int u = 0; u < JB; ++u) {
+            if (u >= jn) break;
+            const int j = j0 + u;
+            const V a = ld<V>(At + j * T + l);
+            aw2[u] += dk * a;
+            V g = dk * w2[j];
+            if (ACT == GELU)
+              g *= ld<V>(Dt + j * T + l);
+            else if (ACT == RELU)
+              g = a > 0.0f ? g : splat<V>(0.0f);
+            else if (ACT == TANH)
+              g *= 1.0f - a * a;
+            gxv += g * wn[j];
+            awn[u] += g * xv;
+            atop[u] += g;
+            st(lo + j * nlo + l, ld<V>(lo + j * nlo + l) + g);
+          }
+          st(gxt + l, gxv);
+        }
+        for (int u = 0; u < JB; ++u) {
+          if (u >= jn) break;
+          st(acc_w2.data() + (j0 + u) * Q, aw2[u]);
+          st(acc_wn.data() + (j0 + u) * Q, awn[u]);
+          tp[j0 + u] += hsum(atop[u]);
+        }
+      }
+      std::memcpy(gx + i0, gxt, sizeof(gxt));
     }
   } else {
     float* dt = dt_buf.data();
@@ -480,6 +505,50 @@ double dsum(const float* a, const float* b, int64_t n) {
   return total;
 }
 
+// dst = src - mean; returns the sum of dst^2 (float lanes over chunks of 1024, added in double)
+double centre(const float* src, float mean, float* dst, int64_t n) {
+  typedef Vec<16>::V V;
+  double total = 0;
+  int64_t i = 0;
+  while (i + 16 <= n) {
+    const int64_t end = n - i > 1024 ? i + 1024 : n;
+    V acc = splat<V>(0.0f);
+    for (; i + 16 <= end; i += 16) {
+      const V c = ld<V>(src + i) - mean;
+      st(dst + i, c);
+      acc += c * c;
+    }
+    total += hsum(acc);
+  }
+  for (; i < n; ++i) {
+    dst[i] = src[i] - mean;
+    total += double(dst[i]) * dst[i];
+  }
+  return total;
+}
+
+// the sums of a and of a * b in one pass
+void dsum2(const float* a, const float* b, int64_t n, double& sa, double& sab) {
+  typedef Vec<16>::V V;
+  sa = sab = 0;
+  int64_t i = 0;
+  while (i + 16 <= n) {
+    const int64_t end = n - i > 1024 ? i + 1024 : n;
+    V acc = splat<V>(0.0f), accb = splat<V>(0.0f);
+    for (; i + 16 <= end; i += 16) {
+      const V v = ld<V>(a + i);
+      acc += v;
+      accb += v * ld<V>(b + i);
+    }
+    sa += hsum(acc);
+    sab += hsum(accb);
+  }
+  for (; i < n; ++i) {
+    sa += a[i];
+    sab += double(a[i]) * b[i];
+  }
+}
+
 }  // namespace
 
 // p (N = 2^n >= 4): probabilities; w1 (H, n + 1), b1 (H): the first layer, its low lob inputs the
@@ -566,8 +635,7 @@ extern "C" void std_forward(const float* flat, int T, const int64_t* numels, con
   for (int t = 0; t < T; ++t) {
     const int64_t m = numels[t];
     const float mean = float(dsum(flat + o, nullptr, m) / double(m));
-    for (int64_t i = o; i < o + m; ++i) centred[i] = flat[i] - mean;
-    const float var = float(dsum(centred + o, centred + o, m) / double(m));
+    const float var = float(centre(flat + o, mean, centred + o, m) / double(m));
     istd[t] = 1.0f / std::sqrt(var + 1e-12f);
     const float scale = ref[t] * gain[t] * istd[t], off = ref[t] * shift[t];
     for (int64_t i = o; i < o + m; ++i) out[i] = centred[i] * scale + off;
@@ -582,7 +650,8 @@ extern "C" void std_backward(const float* grad, int T, const int64_t* numels, in
   int64_t o = 0;
   for (int t = 0; t < T; ++t) {
     const int64_t m = numels[t];
-    const double s1 = dsum(grad + o, nullptr, m), s2 = dsum(grad + o, centred + o, m);
+    double s1, s2;
+    dsum2(grad + o, centred + o, m, s1, s2);
     const float scale = ref[t] * gain[t] * istd[t];
     const float k1 = float(-scale * s1 / double(m)), k2 = float(-scale * istd[t] * istd[t] * s2 / double(m));
     for (int64_t i = o; i < o + m; ++i) gflat[i] = grad[i] * scale + centred[i] * k2 + k1;
