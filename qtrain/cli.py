@@ -162,7 +162,8 @@ def cli():
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or mps.")
 @click.option("--compile", is_flag=True,
-              help="Run the ry circuit with qtrain's C++ kernel (built once with your C++ compiler).")
+              help="Run the ry circuit and the generator's mapping with qtrain's C++ kernels "
+                   "(built once with your C++ compiler).")
 @click.option("--compile-network", is_flag=True,
               help="torch.compile the network on the generated weights (can be slower: measure).")
 @click.option("--nproc", default=None, type=int,

@@ -43,6 +43,10 @@ class WeightGenerator(nn.Module):
             ``scaling="tensor"`` each generated tensor starts with exactly this std and mean.
     """
 
+    # set by qtrain.compiled.use_compiled_kernel (--compile): the post-processing, the mapping and
+    # the scaling by the C++ kernel of qtrain.mapping_kernel where it applies
+    compiled = False
+
     def __init__(self, circuit: Circuit, chunk: int, cfg: QTConfig, numels: list[int],
                  init_std: torch.Tensor, init_mean: torch.Tensor):
         super().__init__()
@@ -93,8 +97,22 @@ class WeightGenerator(nn.Module):
     @torch.compiler.disable
     def forward(self) -> torch.Tensor:
         """The flat vector of M generated weights."""
-        x = self.features(self.probabilities())
-        h = self._first_layer(x)
+        p = self.probabilities()
+        if self.compiled:
+            from .mapping_kernel import generate
+
+            out = generate(self, p)
+            if out is not None:
+                return out
+        flat = self._mapping(p).reshape(-1)
+        if self.cfg.scaling == "none":
+            flat = flat[: self.size]
+            return flat - flat.mean()
+        return Standardise.apply(flat, self.gain, self.shift, self.ref, self.counts, self.segments)
+
+    def _mapping(self, p: torch.Tensor) -> torch.Tensor:
+        """The post-processing and the mapping MLP by torch ops: (2^n, k)."""
+        h = self._first_layer(self.features(p))
         if len(self.mapping) > 1:  # the output layer (no hidden layer: it is the first)
             last = self.mapping[-1]
             h = self.mapping[1:-1](h)
@@ -107,11 +125,7 @@ class WeightGenerator(nn.Module):
                 h = LinearColumn.apply(h, last.weight, last.bias)
             else:
                 h = last(h)
-        flat = h.reshape(-1)
-        if self.cfg.scaling == "none":
-            flat = flat[: self.size]
-            return flat - flat.mean()
-        return Standardise.apply(flat, self.gain, self.shift, self.ref, self.counts, self.segments)
+        return h
 
     def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
         """The mapping's first Linear on [bits(i), x_i] for every basis state i: (2^n, width)."""

@@ -1,5 +1,6 @@
 """The compiled path of the ``ry`` simulator (``--compile``): a C++ kernel for the circuit's
-probabilities and their adjoint gradient, built on first use and cached.
+probabilities and their adjoint gradient, built on first use and cached. The same library holds
+the generator's mapping kernel (``qtrain/map_kernel.cpp``, used by :mod:`qtrain.mapping_kernel`).
 
 The kernel (``qtrain/ry_kernel.cpp``) is plain C++ with no torch headers, so it builds in about
 two seconds with one compiler call (``$CXX`` or ``c++``, ``-O3 -march=native``): :func:`load`
@@ -30,6 +31,8 @@ import torch
 from .errors import QTrainError
 
 SOURCE = Path(__file__).with_name("ry_kernel.cpp")
+# built into the same library: the mapping MLP and the post-processing (qtrain.mapping_kernel)
+SOURCES = [SOURCE, Path(__file__).with_name("map_kernel.cpp")]
 NAME = "qtrain_ry_kernel"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-pthread", "-shared", "-fPIC", "-std=c++17"]
 # the C++ defaults of ry_tune(tile bits float, tile bits double, group bits)
@@ -59,6 +62,15 @@ class _Kernel:
             self.forward[key], self.backward[key] = fwd, bwd
         self.tune = lib.ry_tune
         self.tune.argtypes, self.tune.restype = [i32, i32, i32], None
+        f32 = ctypes.c_float
+        self.map_forward, self.map_backward = lib.map_forward, lib.map_backward
+        self.map_forward.argtypes = [ptr, i64, i32, i32, i32, i32, f32, f32, f32] + [ptr] * 9
+        self.map_backward.argtypes = [ptr, i64, i32, i32, i32, i32] + [ptr] * 11
+        self.std_forward, self.std_backward = lib.std_forward, lib.std_backward
+        self.std_forward.argtypes = [ptr, i32] + [ptr] * 7
+        self.std_backward.argtypes = [ptr, i32, ptr, i64] + [ptr] * 7
+        self.std_forward.restype = self.std_backward.restype = None
+        self.map_forward.restype = self.map_backward.restype = None
 
 
 def compiler() -> str | None:
@@ -95,10 +107,11 @@ def _build(cxx: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        proc = subprocess.run([cxx, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
-            raise QTrainError(f"{_HINT} (building {SOURCE.name} with {cxx} failed: {first[:200]})")
+            names = " + ".join(src.name for src in SOURCES)
+            raise QTrainError(f"{_HINT} (building {names} with {cxx} failed: {first[:200]})")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -118,8 +131,8 @@ def load() -> _Kernel:
     cxx = compiler()
     if cxx is None:
         raise QTrainError(_HINT)
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, os.path.realpath(cxx), _cpu()])
-                         .encode()).hexdigest()[:16]
+    parts = [*(src.read_text() for src in SOURCES), *FLAGS, os.path.realpath(cxx), _cpu()]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     target = cache_dir() / f"{NAME}-{key}.so"
     if not target.is_file():
         try:

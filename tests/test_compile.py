@@ -39,9 +39,14 @@ def _grads(compiled: bool, network: bool, precision: str = "exact") -> list[torc
 def test_compiled_kernel_step_matches_eager_gradients(precision):
     eager, compiled = _grads(False, False, precision), _grads(True, False, precision)
     assert all(g.abs().sum() > 0 for g in eager)
-    tol = {"rtol": 1e-6, "atol": 1e-9} if precision == "exact" else {"rtol": 1e-3, "atol": 1e-5}
+    # exact: the circuit to float64 rounding, but the mapping kernel (qtrain.mapping_kernel) rounds
+    # the float32 post-processing, mapping and standardisation in its own order: ~1e-6 of each
+    # gradient's scale (the output bias's, ~0 under standardisation, is rounding on both sides)
+    rtol, scale = (2e-5 if precision == "exact" else 1e-3), max(float(e.abs().max()) for e in eager)
     for e, c in zip(eager, compiled, strict=True):
-        torch.testing.assert_close(c, e, **tol)
+        top = float(e.abs().max())
+        atol = rtol * top if top > 1e-3 * scale else 1e-5 * scale
+        torch.testing.assert_close(c, e, rtol=rtol, atol=atol if precision == "exact" else max(atol, 1e-5))
 
 
 @needs_compiler

@@ -1,0 +1,125 @@
+"""The C++ mapping kernel (qtrain/map_kernel.cpp, --compile) against the generator's torch path:
+values and every parameter's gradient, to float32 rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qtrain import QTConfig, QuantumTrain, native_kernel
+from qtrain.circuits import Circuit
+from qtrain.generator import WeightGenerator
+from qtrain.mapping_kernel import generate
+
+pytestmark = pytest.mark.skipif(not native_kernel.available(),
+                                reason="no C++ compiler found: the mapping kernel cannot be built")
+
+
+def _generator(n: int, width: int, k: int, act: str, scaling: str) -> WeightGenerator:
+    torch.manual_seed(n * 1000 + width * 10 + k)
+    cfg = QTConfig(qubits=n, chunk=k, mapping_hidden=(width,), mapping_act=act, scaling=scaling)
+    size = 2**n * k - k // 2  # the last state's outputs partly unused, as in practice
+    numels = [size // 3, size // 5, size - size // 3 - size // 5]
+    gen = WeightGenerator(Circuit(n, 2, "ry"), k, cfg, numels, torch.rand(3) + 0.1, torch.randn(3) * 0.1)
+    with torch.no_grad():  # a spread of hidden values, both signs, past relu's and tanh's knees
+        gen.angles.mul_(3)
+        for p in gen.mapping.parameters():
+            p.mul_(2)
+    return gen
+
+
+def _run(gen: WeightGenerator, compiled: bool, upstream: torch.Tensor):
+    gen.compiled = compiled
+    gen.zero_grad(set_to_none=True)
+    out = gen()
+    (out * upstream).sum().backward()
+    return out.detach(), {name: p.grad.clone() for name, p in gen.named_parameters()}
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-5) -> None:
+    # relative to the tensor's scale: values near zero carry the rounding of their neighbours
+    torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max()) + 1e-30)
+
+
+def _grads_close(grads: dict, ref_grads: dict, rtol: float) -> None:
+    assert grads.keys() == ref_grads.keys()
+    scale = max(float(g.abs().max()) for g in ref_grads.values())
+    for name, g in ref_grads.items():
+        if g.abs().max() < 1e-3 * scale:
+            # a direction the output does not depend on (the output bias under standardisation or
+            # the mean's removal, the hidden bias of a linear mapping): both are rounding, ~0
+            assert grads[name].abs().max() < 1e-5 * scale, name
+            continue
+        _close(grads[name], g, rtol=rtol)
+
+
+@pytest.mark.parametrize("scaling", ["tensor", "none"])
+@pytest.mark.parametrize("act", ["gelu", "relu", "tanh", "none"])
+@pytest.mark.parametrize("k", [1, 3, 66])
+@pytest.mark.parametrize("width", [4, 20])
+@pytest.mark.parametrize("n", [4, 7, 11, 13])
+def test_kernel_matches_torch_path(n, width, k, act, scaling):
+    if n == 13 and k == 66 and (width == 4 or act in ("relu", "none")):
+        pytest.skip("covered by the other 13-qubit, chunk 66 cases (time)")
+    gen = _generator(n, width, k, act, scaling)
+    upstream = torch.randn(gen.size)
+    ref, ref_grads = _run(gen, False, upstream)
+    out, grads = _run(gen, True, upstream)
+    _close(out, ref)
+    _grads_close(grads, ref_grads, rtol=2e-5)
+
+
+def test_zero_probabilities_are_masked_like_torch():
+    """p = 0 is clamped in the post-processing, and its gradient masked, as in fused.Features."""
+    gen = _generator(6, 20, 1, "gelu", "none")
+    p = torch.rand(64)
+    p[::5] = 0
+    p = p / p.sum()
+    upstream = torch.randn(gen.size)
+
+    def torch_path(q):
+        flat = gen._mapping(q).reshape(-1)[: gen.size]
+        return flat - flat.mean()
+
+    runs = []
+    for fn in (torch_path, lambda q: generate(gen, q)):
+        q = p.clone().requires_grad_()
+        gen.zero_grad(set_to_none=True)
+        out = fn(q)
+        (out * upstream).sum().backward()
+        runs.append((out.detach(), {"p": q.grad, **{n: w.grad for n, w in gen.mapping.named_parameters()}}))
+    (ref, ref_grads), (out, grads) = runs
+    _close(out, ref)
+    gp, ref_gp = grads.pop("p"), ref_grads.pop("p")
+    assert torch.isfinite(gp).all() and (gp[::5] == 0).all()
+    _close(gp, ref_gp, rtol=2e-5)
+    _grads_close(grads, ref_grads, rtol=2e-5)
+
+
+def test_unsupported_mappings_fall_back():
+    torch.manual_seed(0)
+    cfg = QTConfig(qubits=5, chunk=2, mapping_hidden=(8, 4))
+    gen = WeightGenerator(Circuit(5, 2, "ry"), 2, cfg, [60], torch.ones(1), torch.zeros(1))
+    assert generate(gen, gen.probabilities()) is None
+    gen.compiled = True
+    ref = gen._mapping(gen.probabilities()).reshape(-1)[:60]
+    assert torch.isfinite(gen()).all() and ref.shape == (60,)
+
+
+def test_quantum_train_step_matches_eager_gradients():
+    from qtrain.compiled import use_compiled_kernel
+    from qtrain.models import digits_cnn
+
+    grads = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = digits_cnn()
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        torch.manual_seed(1)
+        qt = QuantumTrain(model, QTConfig(qubits=11, blocks=2))
+        if compiled:
+            use_compiled_kernel(qt, torch.device("cpu"))
+            assert qt.generator.compiled
+        torch.nn.functional.cross_entropy(qt(x), y).backward()
+        grads.append({name: p.grad.clone() for name, p in qt.named_parameters()})
+    _grads_close(grads[1], grads[0], rtol=1e-4)
