@@ -34,7 +34,13 @@ SOURCE = Path(__file__).with_name("ry_kernel.cpp")
 # built into the same library: the mapping MLP and the post-processing (qtrain.mapping_kernel)
 SOURCES = [SOURCE, Path(__file__).with_name("map_kernel.cpp")]
 NAME = "qtrain_ry_kernel"
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-pthread", "-shared", "-fPIC", "-std=c++17"]
+FLAGS = ["-O3", "-fno-math-errno", "-pthread", "-shared", "-fPIC", "-std=c++17"]
+
+
+def flags() -> list[str]:
+    """The compiler flags: ``-march=native`` unless ``QTRAIN_KERNEL_ARCH`` names a target (e.g.
+    ``x86-64-v3``, for a cache shared by different CPUs; ``x86-64`` builds the portable paths)."""
+    return [f"-march={os.environ.get('QTRAIN_KERNEL_ARCH') or 'native'}", *FLAGS]
 # the C++ defaults of ry_tune(tile bits float, tile bits double, group bits)
 DEFAULT_TUNING = (16, 15, 6)
 _HINT = "--compile needs a C++ compiler (g++ or clang++; $CXX picks one): install one or drop --compile"
@@ -107,7 +113,7 @@ def _build(cxx: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cxx, *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
+        proc = subprocess.run([cxx, *flags(), *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip())
             names = " + ".join(src.name for src in SOURCES)
@@ -131,7 +137,7 @@ def load() -> _Kernel:
     cxx = compiler()
     if cxx is None:
         raise QTrainError(_HINT)
-    parts = [*(src.read_text() for src in SOURCES), *FLAGS, os.path.realpath(cxx), _cpu()]
+    parts = [*(src.read_text() for src in SOURCES), *flags(), os.path.realpath(cxx), _cpu()]
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     target = cache_dir() / f"{NAME}-{key}.so"
     if not target.is_file():
