@@ -93,7 +93,8 @@ class WeightGenerator(nn.Module):
         c = self.cfg
         return Features.apply(p, c.gamma * 2 ** (self.circuit.qubits - 1), c.beta, c.alpha)
 
-    # --compile leaves the generator eager: its hand-fused steps measured faster than Inductor's
+    # --compile-network leaves the generator out of torch.compile: its hand-fused steps (and
+    # --compile's kernels) measured faster than Inductor's code for them
     @torch.compiler.disable
     def forward(self) -> torch.Tensor:
         """The flat vector of M generated weights."""
@@ -106,9 +107,13 @@ class WeightGenerator(nn.Module):
                 return out
         flat = self._mapping(p).reshape(-1)
         if self.cfg.scaling == "none":
-            flat = flat[: self.size]
-            return flat - flat.mean()
+            return self.centre(flat)
         return Standardise.apply(flat, self.gain, self.shift, self.ref, self.counts, self.segments)
+
+    def centre(self, flat: torch.Tensor) -> torch.Tensor:
+        """``--scaling none``: the first M values of the mapping's output minus their mean."""
+        flat = flat[: self.size]
+        return flat - flat.mean()
 
     def _mapping(self, p: torch.Tensor) -> torch.Tensor:
         """The post-processing and the mapping MLP by torch ops: (2^n, k)."""

@@ -158,5 +158,4 @@ def generate(gen, p: torch.Tensor) -> torch.Tensor | None:
     flat = out.reshape(-1)
     if plan.tensor:
         return StandardiseKernel.apply(flat, gen.gain, gen.shift, gen.ref, plan.numels)
-    flat = flat[: gen.size]
-    return flat - flat.mean()
+    return gen.centre(flat)

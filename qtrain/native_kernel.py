@@ -36,11 +36,6 @@ SOURCES = [SOURCE, Path(__file__).with_name("map_kernel.cpp")]
 NAME = "qtrain_ry_kernel"
 FLAGS = ["-O3", "-fno-math-errno", "-pthread", "-shared", "-fPIC", "-std=c++17"]
 
-
-def flags() -> list[str]:
-    """The compiler flags: ``-march=native`` unless ``QTRAIN_KERNEL_ARCH`` names a target (e.g.
-    ``x86-64-v3``, for a cache shared by different CPUs; ``x86-64`` builds the portable paths)."""
-    return [f"-march={os.environ.get('QTRAIN_KERNEL_ARCH') or 'native'}", *FLAGS]
 # the C++ defaults of ry_tune(tile bits float, tile bits double, group bits)
 DEFAULT_TUNING = (16, 15, 6)
 _HINT = "--compile needs a C++ compiler (g++ or clang++; $CXX picks one): install one or drop --compile"
@@ -50,6 +45,12 @@ _checked_perms: set[int] = set()
 # (compute dtype, output dtype) -> entry point suffix
 _SUFFIX = {(torch.float32, torch.float32): "ff", (torch.float64, torch.float64): "dd",
            (torch.float64, torch.float32): "df"}
+
+
+def flags() -> list[str]:
+    """The compiler flags: ``-march=native`` unless ``QTRAIN_KERNEL_ARCH`` names a target (e.g.
+    ``x86-64-v3``, for a cache shared by different CPUs; ``x86-64`` builds the portable paths)."""
+    return [f"-march={os.environ.get('QTRAIN_KERNEL_ARCH') or 'native'}", *FLAGS]
 
 
 class _Kernel:

@@ -189,7 +189,7 @@ class NativeSimulator:
         if self.compiled and a.device.type == "cpu":
             from .native_kernel import ry_probs
 
-            return ry_probs(theta, dtype=torch.float64 if exact else None)
+            return ry_probs(theta, self._perm, dtype=torch.float64 if exact else None)
         if exact:
             return RyProbs.apply(theta, self._plan_on(a.device), torch.float64)
         return RyProbs.apply(theta, self._plan_on(a.device))
