@@ -554,9 +554,13 @@ void dsum2(const float* a, const float* b, int64_t n, double& sa, double& sab) {
 // p (N = 2^n >= 4): probabilities; w1 (H, n + 1), b1 (H): the first layer, its low lob inputs the
 // low bits; w2 (K, H), b2 (K) (unused when K == 0). Writes x (N, post-processed), slope (N, its
 // d/dp), A and D (N * H each, tile order; D for gelu only) and out ((N, K), or (N, H) when K == 0).
-extern "C" void map_forward(const float* p, int64_t N, int lob, int H, int K, int act, float kk, float beta,
-                            float alpha, const float* w1, const float* b1, const float* w2, const float* b2,
-                            float* x, float* slope, float* A, float* D, float* out) {
+//
+// Only the first `rows` basis states (a multiple of min(64, N), at most N) are mapped: the caller uses
+// no output beyond the M generated weights. The rest of out is zeroed, and map_backward takes gout as
+// zero there (exactly what it is: the standardisation's gradient stops at M).
+extern "C" void map_forward(const float* p, int64_t N, int64_t rows, int lob, int H, int K, int act, float kk,
+                            float beta, float alpha, const float* w1, const float* b1, const float* w2,
+                            const float* b2, float* x, float* slope, float* A, float* D, float* out) {
   const int n = log2_of(N);
   std::vector<float> top(size_t(N >> lob) * H), lowT(size_t(H) << lob), wn(H);
   bit_parts(n, lob, H, w1, b1, top.data(), lowT.data());
@@ -565,8 +569,10 @@ extern "C" void map_forward(const float* p, int64_t N, int lob, int H, int K, in
                                 : features<4>(p, N, kk, beta, alpha, x, slope);
   const float mean = float(total / double(N));
   for (int64_t i = 0; i < N; ++i) x[i] -= mean;
-  const Shape s{N, lob, H, K};
+  const Shape s{rows, lob, H, K};
   const float *tp = top.data(), *lp = lowT.data(), *wp = wn.data();
+  const int64_t width = K ? K : H;
+  std::memset(out + rows * width, 0, sizeof(float) * (N - rows) * width);
   switch (N >= 64 ? 64 : int(N)) {
     case 64: forward_act<64>(act, s, tp, lp, wp, w2, b2, x, A, D, out); break;
     case 32: forward_act<32>(act, s, tp, lp, wp, w2, b2, x, A, D, out); break;
@@ -576,16 +582,19 @@ extern "C" void map_forward(const float* p, int64_t N, int lob, int H, int K, in
   }
 }
 
-// gout: (N, K), or (N, H) when K == 0. Writes gp (N), gw1 (H, n + 1), gb1 (H), gw2 (K, H), gb2 (K).
-extern "C" void map_backward(const float* gout, int64_t N, int lob, int H, int K, int act, const float* x,
+// gout: (N, K), or (N, H) when K == 0, read for the first `rows` states only (zero beyond). Writes
+// gp (N), gw1 (H, n + 1), gb1 (H), gw2 (K, H), gb2 (K).
+extern "C" void map_backward(const float* gout, int64_t N, int64_t rows, int lob, int H, int K, int act,
+                             const float* x,
                              const float* slope, const float* A, const float* D, const float* w1,
                              const float* w2, float* gp, float* gw1, float* gb1, float* gw2, float* gb2) {
   const int n = log2_of(N), hi = n - lob;
   const int64_t nhi = N >> lob, nlo = int64_t(1) << lob;
   std::vector<float> gtop(size_t(nhi) * H, 0.0f), glowT(size_t(H) * nlo, 0.0f), wn(H), gwn(H);
   for (int j = 0; j < H; ++j) wn[j] = w1[j * (n + 1) + n];
-  const Shape s{N, lob, H, K};
+  const Shape s{rows, lob, H, K};
   float *gt = gtop.data(), *gl = glowT.data(), *gn = gwn.data();
+  std::memset(gp + rows, 0, sizeof(float) * (N - rows));
   const float* wp = wn.data();
   switch (act) {
     case GELU: backward_tile<GELU>(s, gout, x, A, D, wp, w2, gp, gt, gl, gn, gw2, gb2); break;

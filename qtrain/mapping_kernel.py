@@ -48,7 +48,7 @@ class MappingKernel(torch.autograd.Function):
         ws = torch.empty(2 * num + hidden * (2 if plan.gelu else 1))
         base = ws.data_ptr()
         out = torch.empty(num, k) if k else torch.empty(num, width)
-        kernel.map_forward(p.contiguous().data_ptr(), num, plan.lob, width, k, plan.act, *plan.post,
+        kernel.map_forward(p.contiguous().data_ptr(), num, plan.rows, plan.lob, width, k, plan.act, *plan.post,
                            w1.data_ptr(), b1.contiguous().data_ptr(), w2.data_ptr(),
                            b2.contiguous().data_ptr(), base, base + 4 * num, base + 8 * num,
                            base + 4 * (2 * num + hidden), out.data_ptr())
@@ -72,7 +72,7 @@ class MappingKernel(torch.autograd.Function):
         gp, gw1, gb1 = torch.empty(num), torch.empty_like(w1), torch.empty(width)
         gw2, gb2 = (torch.empty(k, width), torch.empty(k)) if k else (None, None)
         base, hidden = ctx.ws.data_ptr(), num * width
-        kernel.map_backward(grad.data_ptr(), num, plan.lob, width, k, plan.act, base, base + 4 * num,
+        kernel.map_backward(grad.data_ptr(), num, plan.rows, plan.lob, width, k, plan.act, base, base + 4 * num,
                             base + 8 * num, base + 4 * (2 * num + hidden), w1.data_ptr(), ctx.w2.data_ptr(),
                             gp.data_ptr(), gw1.data_ptr(), gb1.data_ptr(),
                             gw2.data_ptr() if k else None, gb2.data_ptr() if k else None)
@@ -97,6 +97,9 @@ class _Plan:
         self.tensor = c.scaling == "tensor"
         self.numels = torch.tensor(gen.segments.numels, dtype=torch.int64) if self.tensor else None
         self.size = gen.size
+        # the basis states whose outputs hold the M weights, in whole tiles of 64 (the kernel's)
+        tile, needed = min(64, self.num), -(-gen.size // gen.chunk)
+        self.rows = min(self.num, -(-needed // tile) * tile)
         # standardised in the same node when the kernel ends at the output layer
         self.fuse_std = self.tensor and self.full
 

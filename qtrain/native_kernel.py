@@ -71,8 +71,8 @@ class _Kernel:
         self.tune.argtypes, self.tune.restype = [i32, i32, i32], None
         f32 = ctypes.c_float
         self.map_forward, self.map_backward = lib.map_forward, lib.map_backward
-        self.map_forward.argtypes = [ptr, i64, i32, i32, i32, i32, f32, f32, f32] + [ptr] * 9
-        self.map_backward.argtypes = [ptr, i64, i32, i32, i32, i32] + [ptr] * 11
+        self.map_forward.argtypes = [ptr, i64, i64, i32, i32, i32, i32, f32, f32, f32] + [ptr] * 9
+        self.map_backward.argtypes = [ptr, i64, i64, i32, i32, i32, i32] + [ptr] * 11
         self.std_forward, self.std_backward = lib.std_forward, lib.std_backward
         self.std_forward.argtypes = [ptr, i32] + [ptr] * 7
         self.std_backward.argtypes = [ptr, i32, ptr, i64] + [ptr] * 7

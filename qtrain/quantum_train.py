@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from .circuits import Circuit
 from .config import QTConfig
 from .generator import WeightGenerator
 from .layout import select, size_circuit
+from .swap import ParamSwap
 
 
 def _init_stats(tensors: list[torch.Tensor]):
@@ -62,6 +62,7 @@ class QuantumTrain(nn.Module):
         self.classical = nn.ParameterDict({} if cfg.freeze_rest else rest)
         self.frozen = _Frozen(rest if cfg.freeze_rest else {})
         self.__dict__["target"] = model  # not a submodule: its parameters are not ours to train
+        self.__dict__["_swap"] = ParamSwap(model)
 
     @property
     def chunk(self) -> int:
@@ -76,7 +77,7 @@ class QuantumTrain(nn.Module):
         params = dict(weights if weights is not None else self.generate())
         params.update({n.replace("/", "."): p for n, p in self.classical.items()})
         params.update({n.replace("/", "."): p for n, p in self.frozen.named_buffers()})
-        return functional_call(self.target, params, args, kwargs)
+        return self._swap(params, args, kwargs)
 
     def train(self, mode: bool = True):
         super().train(mode)
