@@ -70,6 +70,12 @@ class QuantumTrain(nn.Module):
 
     def generate(self) -> dict[str, torch.Tensor]:
         """The generated weights as named tensors of the target's shapes."""
+        if self.generator.compiled:  # --compile: one node from the angles to the tensors
+            from .generator_kernel import generate
+
+            parts = generate(self.generator, self.layout.shapes)
+            if parts is not None:
+                return dict(zip(self.layout.names, parts, strict=True))
         return self.layout.unflatten(self.generator())
 
     def forward(self, *args, weights: dict[str, torch.Tensor] | None = None, **kwargs):

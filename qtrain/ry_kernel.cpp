@@ -419,20 +419,24 @@ void product_state(T* a, int n, const T* c, const T* s) {
   for (int64_t H = 0; H < hlen; ++H) st(a + (H << LW), lv * h[H]);
 }
 
-// One angle set: the final state before the last ring into `state`, probabilities into `probs`.
+// One angle set: probabilities into `probs`; into `states`, the final state before the last ring
+// (stored == 0) or every block's state after its rotation layer, block after block (stored == 1:
+// L states, the last one that same final state).
 template <typename T, typename O>
-void forward_row(const T* theta, int L, int n, T* state, O* probs) {
+void forward_row(const T* theta, int L, int n, T* states, int stored, O* probs) {
   typedef typename Simd<T>::V V;
   const int64_t len = int64_t(1) << n;
+  T* state = stored ? states + (L - 1) * len : states;
   thread_local Buffers<T> bufs;
-  T* tmp = bufs.get(len);
+  T* tmp = stored ? nullptr : bufs.get(len);
   T c[64], s[64];
   // ping-pong so that the last block's output lands in `state`
-  T* a = ((L - 1) % 2 == 0) ? state : tmp;
+  T* a = stored ? states : ((L - 1) % 2 == 0) ? state : tmp;
   T* b = a == state ? tmp : state;
   trig(theta, n, c, s);
   product_state(a, n, c, s);
   for (int blk = 1; blk < L; ++blk) {
+    if (stored) b = states + blk * len;
     ring_forward<T>(a, n, [&](int64_t j, const V& v) { put(b, j, v, len); });
     trig(theta + blk * n, n, c, s);
     layer<T, FWD>(b, nullptr, n, c, s, nullptr);
@@ -446,10 +450,14 @@ void forward_row(const T* theta, int L, int n, T* state, O* probs) {
   });
 }
 
+// The angles' gradient. With every block's state stored (stored == 1) psi is read, not un-computed:
+// per block one read-only gradient sweep of psi and lam, then lam alone is taken back through the
+// layer (RY(-theta)) and the ring. Without (stored == 0) both are un-computed together.
 template <typename T, typename O>
-void backward_row(const T* theta, int L, int n, const T* state, const O* grad_p, double* grad) {
+void backward_row(const T* theta, int L, int n, const T* states, int stored, const O* grad_p, double* grad) {
   typedef typename Simd<T>::V V;
   const int64_t len = int64_t(1) << n;
+  const T* state = stored ? states + (L - 1) * len : states;
   thread_local Buffers<T> bufs;
   T* psi = bufs.get(4 * len + 16);
   T* lam = psi + len;
@@ -466,6 +474,23 @@ void backward_row(const T* theta, int L, int n, const T* state, const O* grad_p,
       for (int64_t l = 0; l < len; ++l) lam[l] = v[l] * state[l];
     }
   });
+  if (stored) {
+    for (int blk = L - 1; blk >= 0; --blk) {
+      trig(theta + blk * n, n, c, s);
+      for (int p = 0; p < n; ++p) g[p] = 0;
+      layer<T, GRAD>(const_cast<T*>(states + blk * len), lam, n, c, s, g);  // GRAD writes neither
+      if (blk > 0) {
+        for (int p = 0; p < n; ++p) s[p] = -s[p];
+        layer<T, FWD>(lam, nullptr, n, c, s, nullptr);
+        ring_inverse<T>(lam, n, [&](int64_t i, const V& v) { put(lam2, i, v, len); });
+        T* t = lam;
+        lam = lam2;
+        lam2 = t;
+      }
+      for (int q = 0; q < n; ++q) grad[blk * n + q] = g[n - 1 - q];
+    }
+    return;
+  }
   std::memcpy(psi, state, len * sizeof(T));
   for (int blk = L - 1; blk >= 0; --blk) {
     trig(theta + blk * n, n, c, s);
@@ -504,23 +529,24 @@ void rows(int64_t B, int n, int threads, F&& fn) {
 }  // namespace
 
 #define QT_ENTRY(SUFFIX, T, O)                                                                            \
-  extern "C" void ry_forward_##SUFFIX(const T* theta, int64_t B, int L, int n, T* states, O* probs,     \
-                                      int threads) {                                                    \
-    const int64_t len = int64_t(1) << n;                                                                \
+  extern "C" void ry_forward_##SUFFIX(const T* theta, int64_t B, int L, int n, T* states, int stored,  \
+                                      O* probs, int threads) {                                          \
+    const int64_t len = int64_t(1) << n, per = stored ? L * len : len;                                  \
     rows(B, n, threads, [&](int64_t r0, int64_t r1) {                                                   \
       thread_local Buffers<T> scratch;                                                                  \
       for (int64_t r = r0; r < r1; ++r) {                                                               \
-        T* st = states ? states + r * len : scratch.get(len);                                           \
-        forward_row<T, O>(theta + r * L * n, L, n, st, probs + r * len);                                \
+        T* st = states ? states + r * per : scratch.get(per);                                           \
+        forward_row<T, O>(theta + r * L * n, L, n, st, stored, probs + r * len);                        \
       }                                                                                                 \
     });                                                                                                 \
   }                                                                                                     \
   extern "C" void ry_backward_##SUFFIX(const T* theta, int64_t B, int L, int n, const T* states,        \
-                                       const O* grad_p, double* grad, int threads) {                    \
-    const int64_t len = int64_t(1) << n;                                                                \
+                                       int stored, const O* grad_p, double* grad, int threads) {        \
+    const int64_t len = int64_t(1) << n, per = stored ? L * len : len;                                  \
     rows(B, n, threads, [&](int64_t r0, int64_t r1) {                                                   \
       for (int64_t r = r0; r < r1; ++r)                                                                 \
-        backward_row<T, O>(theta + r * L * n, L, n, states + r * len, grad_p + r * len, grad + r * L * n); \
+        backward_row<T, O>(theta + r * L * n, L, n, states + r * per, stored, grad_p + r * len,         \
+                           grad + r * L * n);                                                           \
     });                                                                                                 \
   }
 

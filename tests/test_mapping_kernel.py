@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(not native_kernel.available(),
                                 reason="no C++ compiler found: the mapping kernel cannot be built")
 
 
-def _generator(n: int, width: int, k: int, act: str, scaling: str, size: int | None = None) -> WeightGenerator:
+def _generator(n: int, width: int, k: int, act: str, scaling: str,
+               size: int | None = None) -> WeightGenerator:
     torch.manual_seed(n * 1000 + width * 10 + k)
     cfg = QTConfig(qubits=n, chunk=k, mapping_hidden=(width,), mapping_act=act, scaling=scaling)
     size = size or 2**n * k - k // 2  # by default the last state's outputs partly unused
@@ -141,3 +142,71 @@ def test_quantum_train_step_matches_eager_gradients():
         torch.nn.functional.cross_entropy(qt(x), y).backward()
         grads.append({name: p.grad.clone() for name, p in qt.named_parameters()})
     _grads_close(grads[1], grads[0], rtol=1e-4)
+
+
+def _qt_grads(qt, x, y):
+    qt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(qt(x), y)
+    loss.backward()
+    return loss.item(), {name: p.grad.clone() for name, p in qt.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("precision", ["exact", "fast"])
+def test_whole_generator_node_equals_separate_kernels(monkeypatch, precision):
+    """--compile's one-node generator (qtrain.generator_kernel) gives the loss and every gradient of
+    the same kernels run as separate nodes, and counts its circuit runs."""
+    import qtrain.generator_kernel as gk
+    from qtrain.compiled import use_compiled_kernel
+    from qtrain.models import digits_cnn
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    runs = []
+    for fused in (True, False):
+        torch.manual_seed(1)
+        qt = QuantumTrain(digits_cnn(), QTConfig(qubits=11, blocks=3, circuit_precision=precision))
+        use_compiled_kernel(qt, torch.device("cpu"))
+        if not fused:
+            monkeypatch.setattr(gk, "generate", lambda *a: None)
+        weights = qt.generate()
+        assert all(w.grad_fn is not None and (type(w.grad_fn).__name__ == "GeneratorKernelBackward") == fused
+                   for w in weights.values())
+        runs.append((*_qt_grads(qt, x, y), qt.generator.circuit_executions))
+    (loss, grads, count), (ref_loss, ref_grads, ref_count) = runs
+    assert loss == ref_loss and count == ref_count == 2
+    assert grads.keys() == ref_grads.keys() and len(grads) == 7
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=0, atol=0)
+
+
+def test_whole_generator_node_with_frozen_angles_and_without_grad():
+    from qtrain.compiled import use_compiled_kernel
+    from qtrain.models import digits_cnn
+
+    torch.manual_seed(1)
+    qt = QuantumTrain(digits_cnn(), QTConfig(qubits=11, blocks=2))
+    use_compiled_kernel(qt, torch.device("cpu"))
+    qt.generator.angles.requires_grad_(False)
+    _, grads = _qt_grads(qt, torch.randn(4, 1, 8, 8), torch.arange(4))
+    assert "generator.angles" not in grads and grads["generator.mapping.0.weight"].abs().max() > 0
+    with torch.no_grad():
+        weights = qt.generate()
+    assert all(w.grad_fn is None for w in weights.values())
+    ref = qt.layout.unflatten(qt.generator().detach())  # the separate nodes
+    for name, w in weights.items():
+        torch.testing.assert_close(w, ref[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("change", [dict(scaling="none"), dict(grad="parameter-shift"),
+                                    dict(mapping_hidden=(8, 4)), dict(chunk=40)])
+def test_whole_generator_node_leaves_what_it_does_not_cover(change):
+    """Other scalings, gradient methods, deeper or wider mappings: the generator's own path."""
+    from qtrain.compiled import use_compiled_kernel
+    from qtrain.generator_kernel import generate
+    from qtrain.models import digits_cnn
+
+    qt = QuantumTrain(digits_cnn(), QTConfig(blocks=2, **change))
+    use_compiled_kernel(qt, torch.device("cpu"))
+    assert generate(qt.generator, qt.layout.shapes) is None
+    weights = qt.generate()
+    assert all(torch.isfinite(w).all() for w in weights.values())

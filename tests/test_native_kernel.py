@@ -50,11 +50,22 @@ def _reference(theta, w, precision="exact"):
     return p.detach(), grad.view(theta.shape)
 
 
+@pytest.fixture(params=["stored", "uncomputed"])
+def backward_mode(request, monkeypatch):
+    """Both backward passes: block states stored by the forward pass (the default up to
+    STORE_BYTES), or psi un-computed gate by gate (above it)."""
+    if request.param == "uncomputed":
+        monkeypatch.setattr(native_kernel, "STORE_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("n", [2, 3, 4, 7, 10, 13])
 @pytest.mark.parametrize("blocks", [1, 2, 8])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_float64_matches_native_simulator(kernel, n, blocks, batch):
-    """In float64 the kernel's probabilities and gradients equal the torch simulator's to rounding."""
+def test_float64_matches_native_simulator(kernel, n, blocks, batch, backward_mode):
+    """In float64 the kernel's probabilities and gradients equal the torch simulator's to rounding,
+    with either backward pass."""
+    assert native_kernel.stores_blocks(blocks, n, torch.float64) == (backward_mode == "stored")
     theta = _angles(batch, blocks, n, seed=100 * n + 10 * blocks + batch)
     w = _weights(batch, n, seed=n)
     p, g = _kernel_run(theta, w)
@@ -113,7 +124,7 @@ def test_matches_pennylane(kernel, n, blocks):
 
 
 @pytest.mark.parametrize("n,tile,group", [(10, 5, 2), (12, 7, 1), (9, 6, 6)])
-def test_tiled_sweeps(kernel, n, tile, group):
+def test_tiled_sweeps(kernel, n, tile, group, backward_mode):
     """States larger than the tile (above 15-16 qubits by default) go through tiles and row groups:
     forced here on small states, with results equal to the whole-state sweeps."""
     theta = _angles(3, 3, n, seed=n + tile)
