@@ -638,8 +638,11 @@ extern "C" void map_backward(const float* gout, int64_t N, int64_t rows, int lob
 
 // Standardisation per generated tensor t (segments of flat, lengths numels, T of them):
 // out = (w - mean_t) / std_t * ref_t gain_t + ref_t shift_t; saves centred and istd (T).
-extern "C" void std_forward(const float* flat, int T, const int64_t* numels, const float* ref,
-                            const float* gain, const float* shift, float* centred, float* istd, float* out) {
+namespace {
+
+// std_forward with the output of segment t at out[t]
+void std_forward_segments(const float* flat, int T, const int64_t* numels, const float* ref, const float* gain,
+                          const float* shift, float* centred, float* istd, float* const* out) {
   int64_t o = 0;
   for (int t = 0; t < T; ++t) {
     const int64_t m = numels[t];
@@ -647,26 +650,118 @@ extern "C" void std_forward(const float* flat, int T, const int64_t* numels, con
     const float var = float(centre(flat + o, mean, centred + o, m) / double(m));
     istd[t] = 1.0f / std::sqrt(var + 1e-12f);
     const float scale = ref[t] * gain[t] * istd[t], off = ref[t] * shift[t];
-    for (int64_t i = o; i < o + m; ++i) out[i] = centred[i] * scale + off;
+    const float* c = centred + o;
+    float* y = out[t];
+    for (int64_t i = 0; i < m; ++i) y[i] = c[i] * scale + off;
     o += m;
   }
 }
 
+}  // namespace
+
+extern "C" void std_forward(const float* flat, int T, const int64_t* numels, const float* ref,
+                            const float* gain, const float* shift, float* centred, float* istd, float* out) {
+  std::vector<float*> seg(T);
+  int64_t o = 0;
+  for (int t = 0; t < T; o += numels[t], ++t) seg[t] = out + o;
+  std_forward_segments(flat, T, numels, ref, gain, shift, centred, istd, seg.data());
+}
+
 // gflat (length >= sum numels: the rest zeroed), ggain, gshift (T)
-extern "C" void std_backward(const float* grad, int T, const int64_t* numels, int64_t length,
-                             const float* centred, const float* istd, const float* ref, const float* gain,
-                             float* gflat, float* ggain, float* gshift) {
+namespace {
+
+// std_backward with the gradient of segment t at seg[t] (contiguous per segment, not across them)
+void std_backward_segments(const float* const* seg, int T, const int64_t* numels, int64_t length,
+                           const float* centred, const float* istd, const float* ref, const float* gain,
+                           float* gflat, float* ggain, float* gshift) {
   int64_t o = 0;
   for (int t = 0; t < T; ++t) {
     const int64_t m = numels[t];
+    const float* g = seg[t];
+    const float* c = centred + o;
+    float* gf = gflat + o;
     double s1, s2;
-    dsum2(grad + o, centred + o, m, s1, s2);
+    dsum2(g, c, m, s1, s2);
     const float scale = ref[t] * gain[t] * istd[t];
     const float k1 = float(-scale * s1 / double(m)), k2 = float(-scale * istd[t] * istd[t] * s2 / double(m));
-    for (int64_t i = o; i < o + m; ++i) gflat[i] = grad[i] * scale + centred[i] * k2 + k1;
+    for (int64_t i = 0; i < m; ++i) gf[i] = g[i] * scale + c[i] * k2 + k1;
     ggain[t] = float(ref[t] * s2 * istd[t]);
     gshift[t] = float(ref[t] * s1);
     o += m;
   }
   for (int64_t i = o; i < length; ++i) gflat[i] = 0.0f;
+}
+
+}  // namespace
+
+extern "C" void std_backward(const float* grad, int T, const int64_t* numels, int64_t length,
+                             const float* centred, const float* istd, const float* ref, const float* gain,
+                             float* gflat, float* ggain, float* gshift) {
+  std::vector<const float*> seg(T);
+  int64_t o = 0;
+  for (int t = 0; t < T; o += numels[t], ++t) seg[t] = grad + o;
+  std_backward_segments(seg.data(), T, numels, length, centred, istd, ref, gain, gflat, ggain, gshift);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The whole generator in one call each way (qtrain/generator_kernel.py): the ry circuit of
+// ry_kernel.cpp, then map_forward and std_forward above; backward in reverse. One call instead of
+// three, and no tensors between them: at ~0.3 ms of kernel work per step, the Python and torch
+// calls around separate kernels cost as much as a third of it.
+
+extern "C" {
+void ry_forward_ff(const float*, int64_t, int, int, float*, int, float*, int);
+void ry_forward_df(const double*, int64_t, int, int, double*, int, float*, int);
+void ry_backward_ff(const float*, int64_t, int, int, const float*, int, const float*, double*, int);
+void ry_backward_df(const double*, int64_t, int, int, const double*, int, const float*, double*, int);
+}
+
+struct GenShape {  // what both directions share
+  int L, n, exact, stored;  // the circuit: blocks, qubits, float64 (else float32), block states kept
+  int64_t rows;             // the mapping: states mapped, low-index bits, hidden width, outputs, act
+  int lob, H, K, act;
+  int T;                    // the standardisation: tensors, their sizes
+  const int64_t* numels;
+};
+
+// angles (L n) float32; states: (L or 1) 2^n in the circuit's precision; work: probs, x, slope (2^n
+// each), A and D (2^n H each), mapped (2^n K), centred (M), istd (T); out[t]: weight tensor t
+extern "C" void gen_forward(const GenShape* g, const float* angles, void* states, float* probs, float kk,
+                            float beta, float alpha, const float* w1, const float* b1, const float* w2,
+                            const float* b2, float* x, float* slope, float* A, float* D, float* mapped,
+                            const float* ref, const float* gain, const float* shift, float* centred,
+                            float* istd, float* const* out) {
+  const int64_t N = int64_t(1) << g->n;
+  if (g->exact) {
+    std::vector<double> th(angles, angles + g->L * g->n);
+    ry_forward_df(th.data(), 1, g->L, g->n, static_cast<double*>(states), g->stored, probs, 1);
+  } else {
+    ry_forward_ff(angles, 1, g->L, g->n, static_cast<float*>(states), g->stored, probs, 1);
+  }
+  map_forward(probs, N, g->rows, g->lob, g->H, g->K, g->act, kk, beta, alpha, w1, b1, w2, b2, x, slope, A, D,
+              mapped);
+  std_forward_segments(mapped, g->T, g->numels, ref, gain, shift, centred, istd, out);
+}
+
+// seg[t]: the gradient of weight tensor t. Writes the gradients of the mapping (gw1, gb1, gw2, gb2),
+// the scaling (ggain, gshift) and, when gangles is given, the angles; gflat (2^n K), gp (2^n) and
+// gdouble (L n) are work space.
+extern "C" void gen_backward(const GenShape* g, const float* const* seg, const float* angles, const void* states,
+                             const float* x, const float* slope, const float* A, const float* D,
+                             const float* w1, const float* w2, const float* ref, const float* gain,
+                             const float* centred, const float* istd, float* gflat, float* gp, double* gdouble,
+                             float* gw1, float* gb1, float* gw2, float* gb2, float* ggain, float* gshift,
+                             float* gangles) {
+  const int64_t N = int64_t(1) << g->n;
+  std_backward_segments(seg, g->T, g->numels, N * g->K, centred, istd, ref, gain, gflat, ggain, gshift);
+  map_backward(gflat, N, g->rows, g->lob, g->H, g->K, g->act, x, slope, A, D, w1, w2, gp, gw1, gb1, gw2, gb2);
+  if (!gangles) return;
+  const int P = g->L * g->n;
+  if (g->exact) {
+    std::vector<double> th(angles, angles + P);
+    ry_backward_df(th.data(), 1, g->L, g->n, static_cast<const double*>(states), g->stored, gp, gdouble, 1);
+  } else {
+    ry_backward_ff(angles, 1, g->L, g->n, static_cast<const float*>(states), g->stored, gp, gdouble, 1);
+  }
+  for (int i = 0; i < P; ++i) gangles[i] = float(gdouble[i]);
 }

@@ -101,6 +101,8 @@ class _Plan:
         if not self.ok:
             return
         self.qubits, self.num, self.lob = n, 2**n, n - gen.bits_hi.shape[1]
+        self.width = layers[0].out_features
+        self.layouts = {}  # qtrain.generator_kernel's work space layouts
         self.act = ACT_CODES[type(layers[1])]
         self.gelu = self.act == ACT_CODES[nn.GELU]
         self.post = (float(c.gamma * 2 ** (n - 1)), float(c.beta), float(c.alpha))

@@ -78,6 +78,10 @@ class _Kernel:
         self.std_backward.argtypes = [ptr, i32, ptr, i64] + [ptr] * 7
         self.std_forward.restype = self.std_backward.restype = None
         self.map_forward.restype = self.map_backward.restype = None
+        self.gen_forward, self.gen_backward = lib.gen_forward, lib.gen_backward  # generator_kernel.py
+        self.gen_forward.argtypes = [ptr, ptr, ptr, ptr, f32, f32, f32] + [ptr] * 15
+        self.gen_backward.argtypes = [ptr] * 24
+        self.gen_forward.restype = self.gen_backward.restype = None
 
 
 def compiler() -> str | None:
