@@ -24,6 +24,7 @@ import torch
 
 from .mapping_kernel import kernel_plan
 from .native_kernel import load, stores_blocks
+from .ry_adjoint import grad_needed
 from .simulate import EXACT_QUBITS
 
 
@@ -63,9 +64,8 @@ class GeneratorKernel(torch.autograd.Function):
     """(angles, mapping, gain, shift) -> the generated tensors, in ``shapes``."""
 
     @staticmethod
-    def forward(ctx, angles, w1, b1, w2, b2, gain, shift, ref, gen, exact, shapes):
+    def forward(ctx, angles, w1, b1, w2, b2, gain, shift, ref, gen, exact, shapes, keep):
         plan, kernel = gen._kernel_plan, load()
-        keep = ctx.needs_input_grad[0]
         blocks = angles.numel() // plan.qubits
         key = (exact, keep, blocks)
         lay = plan.layouts.get(key) or plan.layouts.setdefault(key, _Layout(plan, blocks, exact, keep))
@@ -98,7 +98,7 @@ class GeneratorKernel(torch.autograd.Function):
                             gain.data_ptr(), o["centred"], o["istd"], gflat, gp, gdouble,
                             gw1.data_ptr(), gb1.data_ptr(), gw2.data_ptr(), gb2.data_ptr(), ggain.data_ptr(),
                             gshift.data_ptr(), gangles.data_ptr() if gangles is not None else None)
-        return gangles, gw1, gb1, gw2, gb2, ggain, gshift, None, None, None, None
+        return gangles, gw1, gb1, gw2, gb2, ggain, gshift, None, None, None, None, None
 
 
 # torch.compile (--compile-network) runs this eager, as it does the generator's forward
@@ -119,4 +119,4 @@ def generate(gen, shapes: list[tuple[int, ...]]) -> tuple[torch.Tensor, ...] | N
     exact = gen.estimator.simulator.precision == "exact" and gen.circuit.qubits <= EXACT_QUBITS
     gen.estimator._count(1)
     return GeneratorKernel.apply(gen.angles, first.weight, first.bias, last.weight, last.bias, gen.gain,
-                                 gen.shift, gen.ref, gen, exact, shapes)
+                                 gen.shift, gen.ref, gen, exact, shapes, grad_needed(gen.angles))

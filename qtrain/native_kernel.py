@@ -186,12 +186,12 @@ class RyProbsKernel(torch.autograd.Function):
     in ``dtype`` (float32 or float64), returned and differentiated in the angles' dtype."""
 
     @staticmethod
-    def forward(ctx, theta, dtype):
-        return circuit_forward(ctx, theta, dtype, ctx.needs_input_grad[0])
+    def forward(ctx, theta, dtype, keep):
+        return circuit_forward(ctx, theta, dtype, keep)
 
     @staticmethod
     def backward(ctx, grad_p):
-        return circuit_backward(ctx, grad_p), None
+        return circuit_backward(ctx, grad_p), None, None
 
 
 def circuit_forward(ctx, theta: torch.Tensor, dtype: torch.dtype, keep: bool) -> torch.Tensor:
@@ -241,4 +241,4 @@ def ry_probs(theta: torch.Tensor, perm: torch.Tensor | None = None, inverse: tor
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the compiled ry kernel computes in float32 or float64, not {dtype}")
     _check_perm(n, perm, inverse)
-    return RyProbsKernel.apply(theta, dtype)
+    return RyProbsKernel.apply(theta, dtype, torch.is_grad_enabled() and theta.requires_grad)

@@ -297,13 +297,19 @@ def _permute(x: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = No
     return torch.index_select(x, 1, index, out=out)
 
 
+def grad_needed(t: torch.Tensor) -> bool:
+    """Whether a Function applied to ``t`` now will be differentiated: to be asked before
+    ``apply``, because ``ctx.needs_input_grad`` is also True under ``torch.no_grad()``."""
+    return torch.is_grad_enabled() and t.requires_grad
+
+
 class RyProbs(torch.autograd.Function):
     """Probabilities (B, 2^n) of the ry circuit for angles (B, L, n), run in ``dtype`` (the
-    angles' by default), returned and differentiated in the angles' dtype."""
+    angles' by default), returned and differentiated in the angles' dtype. ``keep``: keep what the
+    backward pass needs (:func:`grad_needed`; a no-grad call without it reuses its buffers)."""
 
     @staticmethod
-    def forward(ctx, theta, plan, dtype=None):
-        keep = ctx.needs_input_grad[0]
+    def forward(ctx, theta, plan, dtype=None, keep=True):
         dtype = dtype or theta.dtype
         ws = plan.workspace(theta.shape[0], theta.shape[1], dtype, keep)
         ws.forward(theta)
@@ -326,4 +332,4 @@ class RyProbs(torch.autograd.Function):
         _permute(torch.mul(grad_p, ws.psi, out=ws.psi_grad), ctx.plan.inverse, out=ws.last_grad)
         grad = ws.backward().to(grad_p.dtype, copy=True)
         ctx.plan.release(ws)  # still ours until another forward takes it
-        return grad, None, None
+        return grad, None, None, None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .circuits import Circuit, ring_pairs
-from .ry_adjoint import RyPlan, RyProbs
+from .ry_adjoint import RyPlan, RyProbs, grad_needed
 from .u3_adjoint import U3Plan, U3State, window_matrices, window_spans
 
 
@@ -191,8 +191,8 @@ class NativeSimulator:
 
             return ry_probs(theta, self._perm, dtype=torch.float64 if exact else None)
         if exact:
-            return RyProbs.apply(theta, self._plan_on(a.device), torch.float64)
-        return RyProbs.apply(theta, self._plan_on(a.device))
+            return RyProbs.apply(theta, self._plan_on(a.device), torch.float64, grad_needed(a))
+        return RyProbs.apply(theta, self._plan_on(a.device), None, grad_needed(a))
 
     def _u3_state(self, a: torch.Tensor) -> torch.Tensor:
         c, n, groups = self.circuit, self.circuit.qubits, self.groups

@@ -192,6 +192,7 @@ def test_whole_generator_node_with_frozen_angles_and_without_grad():
     with torch.no_grad():
         weights = qt.generate()
     assert all(w.grad_fn is None for w in weights.values())
+    assert any(not keep for _, keep, _ in qt.generator._kernel_plan.layouts)  # no states kept
     ref = qt.layout.unflatten(qt.generator().detach())  # the separate nodes
     for name, w in weights.items():
         torch.testing.assert_close(w, ref[name], rtol=0, atol=0)

@@ -296,3 +296,22 @@ def test_u3_second_backward_with_retained_graph():
     first = a.grad.clone()
     loss.backward()
     torch.testing.assert_close(a.grad, 2 * first, rtol=0, atol=1e-12)
+
+
+def test_no_grad_calls_reuse_their_buffers(monkeypatch):
+    """Under torch.no_grad() a differentiable-angle call keeps nothing for a backward pass, so its
+    workspace goes back at once and the next call reuses it (evaluation, prediction)."""
+    from qtrain import ry_adjoint
+
+    built = []
+    init = ry_adjoint.Workspace.__init__
+    monkeypatch.setattr(ry_adjoint.Workspace, "__init__",
+                        lambda self, *a, **k: built.append(a[-1]) or init(self, *a, **k))
+    sim = NativeSimulator(Circuit(6, 3, "ry"))
+    a = torch.randn(18, requires_grad=True)
+    with torch.no_grad():
+        first, second = sim.probs(a), sim.probs(a)
+    assert built == [False] and first.grad_fn is None
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(sim.probs(a).detach(), first)  # with grad: a workspace that keeps
+    assert built == [False, True]
