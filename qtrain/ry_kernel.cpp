@@ -1,7 +1,7 @@
 // The ry circuit's probabilities and their adjoint gradient on real state vectors (qtrain --compile).
 //
 // Plain C++ with no torch headers (it builds in about a second); qtrain/native_kernel.py builds it
-// with torch.utils.cpp_extension and calls the extern "C" entry points below through ctypes.
+// with one compiler call and calls the extern "C" entry points below through ctypes.
 //
 // Circuit: n qubits from |0...0>; per block an RY on every qubit, then the CNOT ring (0,1), (1,2),
 // ..., (n-1,0). Qubit q is bit position p = n-1-q of the basis index.
@@ -12,11 +12,13 @@
 //   permute), wider ones as pairs of vectors. States that outgrow the L1/L2-sized tile are done in
 //   two kinds of passes: contiguous tiles for the low bit positions, then for the high ones the rows
 //   of a column chunk copied to a small buffer (no power-of-two strides on the cache).
-// - Gradient (adjoint, with un-computation): all RYs of a layer commute with each other and with
-//   their generators, so dL/dtheta_q = sum_pairs (lam_b psi_a - lam_a psi_b) can be taken anywhere
-//   inside the layer as long as psi and lam have the same gates applied; it is accumulated in the
-//   same sweep that un-applies the gate on both (lam = psi * dL/dp: the 2 of dL/dpsi and the 1/2 of
-//   the generator cancel).
+// - Gradient (adjoint): all RYs of a layer commute with each other and with their generators, so
+//   dL/dtheta_q = sum_pairs (lam_b psi_a - lam_a psi_b) can be taken anywhere inside the layer as
+//   long as psi and lam have the same gates applied (lam = psi * dL/dp: the 2 of dL/dpsi and the
+//   1/2 of the generator cancel). With every block's state stored by the forward pass (small
+//   states: qtrain/native_kernel.py's STORE_BYTES) it is one read-only sweep per layer, then lam
+//   alone goes back through the layer and the ring; otherwise psi is un-computed, the gradient
+//   accumulated in the same sweep that un-applies each gate on both.
 
 #include <cmath>
 #include <cstdint>
