@@ -10,7 +10,8 @@ by hand in one flat all-reduce per step rather than through DistributedDataParal
 - the same all-reduce carries the batch loss and a stop flag, so all ranks agree on a NaN stop
   and on Ctrl-C at the same step;
 - the parameters are tiny (hundreds to thousands of numbers), so DDP's bucketing and overlap
-  would buy nothing, and the target network, run by ``functional_call``, is not a submodule.
+  would buy nothing, and the target network, run on the generated weights (:mod:`qtrain.swap`),
+  is not a submodule.
 """
 
 from __future__ import annotations

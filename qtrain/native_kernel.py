@@ -12,7 +12,8 @@ source, compiler or CPU gets its own build.
 
 :func:`ry_probs` is one autograd node: probabilities (B, 2^n) for angles (B, L, n), computed in
 ``dtype`` (the angles' by default; float64 for "exact"), returned in the angles' dtype, with the
-angles' gradient by the adjoint method (no states stored: the backward pass un-computes them).
+angles' gradient by the adjoint method (the forward pass keeps every block's state up to
+:data:`STORE_BYTES` per angle set; above, the backward pass un-computes them).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The training loop: generated weights once per step, functional_call, clipping, a plateau
+"""The training loop: generated weights once per step, the network run on them, clipping, a plateau
 schedule, evaluation every epoch, the best epoch kept, and a resumable state each epoch."""
 
 from __future__ import annotations
