@@ -118,6 +118,9 @@ class _Plan:
         # standardised in the same node when the kernel ends at the output layer
         self.fuse_std = self.tensor and self.full
 
+    def __getstate__(self):  # copies and pickles: the layouts hold ctypes pointers, rebuilt on use
+        return {**self.__dict__, "layouts": {}}
+
 
 def _standardise(kernel, flat, gain, shift, ref, numels, size: int):
     centred, out, istd = torch.empty(size), torch.empty(size), torch.empty(numels.shape[0])

@@ -211,3 +211,23 @@ def test_whole_generator_node_leaves_what_it_does_not_cover(change):
     assert generate(qt.generator, qt.layout.shapes) is None
     weights = qt.generate()
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_compiled_quantum_train_deep_copies_and_swaps_back():
+    """A compiled QuantumTrain survives copy.deepcopy after a step (the kernel's work-space
+    layouts hold ctypes pointers), and the copy generates the same weights into its own network."""
+    import copy
+
+    from qtrain.compiled import use_compiled_kernel
+    from qtrain.models import digits_cnn
+
+    torch.manual_seed(0)
+    qt = QuantumTrain(digits_cnn(), QTConfig(qubits=11, blocks=2))
+    use_compiled_kernel(qt, torch.device("cpu"))
+    x = torch.randn(4, 1, 8, 8)
+    _qt_grads(qt, x, torch.arange(4))
+    twin = copy.deepcopy(qt)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), qt(x), rtol=0, atol=0)
+    assert all(p is not q for p, q in zip(twin.target.parameters(), qt.target.parameters(), strict=True))
+    assert all(isinstance(p, torch.nn.Parameter) for p in twin.target.parameters())
