@@ -2,7 +2,8 @@
 
     python benchmarks/bench_step.py [--json] [--threads N] [--rounds N] [--compile-network] [--data DIR]
 
-QT step = circuit + post-processing + mapping + functional_call forward/backward + clip + Adam,
+QT step = circuit + post-processing + mapping + the network's forward/backward on the generated
+weights (qtrain.swap, functional_call's semantics) + clip + Adam,
 with the default circuit precision (``exact``: the ry circuit in float64) and with ``fast``.
 Classical step = the network's forward/backward + clip + Adam. Both on the same batches of 128,
 timed interleaved in one process, medians. Each step takes the next of 40 batches.
