@@ -151,8 +151,9 @@ def _qt_grads(qt, x, y):
     return loss.item(), {name: p.grad.clone() for name, p in qt.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("precision", ["exact", "fast"])
-def test_whole_generator_node_equals_separate_kernels(monkeypatch, precision):
+@pytest.mark.parametrize("precision, qubits, chunk", [("exact", 11, 1), ("fast", 11, 1), ("exact", 10, 2),
+                                                     ("fast", 9, 5)])
+def test_whole_generator_node_equals_separate_kernels(monkeypatch, precision, qubits, chunk):
     """--compile's one-node generator (qtrain.generator_kernel) gives the loss and every gradient of
     the same kernels run as separate nodes, and counts its circuit runs."""
     import qtrain.generator_kernel as gk
@@ -164,7 +165,8 @@ def test_whole_generator_node_equals_separate_kernels(monkeypatch, precision):
     runs = []
     for fused in (True, False):
         torch.manual_seed(1)
-        qt = QuantumTrain(digits_cnn(), QTConfig(qubits=11, blocks=3, circuit_precision=precision))
+        qt = QuantumTrain(digits_cnn(), QTConfig(qubits=qubits, chunk=chunk, blocks=3,
+                                                 circuit_precision=precision))
         use_compiled_kernel(qt, torch.device("cpu"))
         if not fused:
             monkeypatch.setattr(gk, "generate", lambda *a: None)
