@@ -9,7 +9,7 @@ the forward pass sees the new tensors, and autograd tracks them.
 
 It falls back to ``functional_call`` wherever the dict swap could differ from it:
 - a module class that overrides ``__setattr__`` or ``__getattr__`` (``nn.LSTM`` and ``nn.GRU``
-  cache their weights in ``_flat_weights`` on ``setattr``, parametrized modules);
+  cache their weights in ``_flat_weights`` on ``setattr``);
 - a name that is not a parameter of the module (a buffer);
 - inside ``torch.compile`` (``--compile-network``), which traces ``functional_call``.
 """

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.utils.parametrizations import weight_norm
 
 from qtrain.swap import ParamSwap
 
@@ -33,6 +34,8 @@ def _new_tensors(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     (lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4)), (3, 4)),
     (_Tied, (3, 4)),
     (lambda: nn.Sequential(nn.Conv1d(4, 4, 3, padding=1), nn.BatchNorm1d(4)), (3, 4, 5)),
+    # parametrized weights: the slots are the parametrization's originals
+    (lambda: nn.Sequential(weight_norm(nn.Linear(4, 5)), nn.Tanh(), nn.Linear(5, 3)), (3, 4)),
 ])
 def test_equals_functional_call_and_restores(make, shape):
     torch.manual_seed(0)
