@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .errors import QTrainError
+from .ry_adjoint import grad_needed
 
 SOURCE = Path(__file__).with_name("ry_kernel.cpp")
 # built into the same library: the mapping MLP and the post-processing (qtrain.mapping_kernel)
@@ -242,4 +243,4 @@ def ry_probs(theta: torch.Tensor, perm: torch.Tensor | None = None, inverse: tor
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"the compiled ry kernel computes in float32 or float64, not {dtype}")
     _check_perm(n, perm, inverse)
-    return RyProbsKernel.apply(theta, dtype, torch.is_grad_enabled() and theta.requires_grad)
+    return RyProbsKernel.apply(theta, dtype, grad_needed(theta))

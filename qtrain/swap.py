@@ -1,11 +1,11 @@
 """Run a module on other tensors in place of its parameters: ``functional_call``, made cheap.
 
 ``torch.func.functional_call`` re-resolves every name, checks ties and swaps attributes through
-``setattr`` on each call: ~0.2 ms of the toolkit MNIST CNN's ~6 ms training step (8 tensors,
-benchmarks/bench_step.py), where the whole generator costs ~0.8 ms. :class:`ParamSwap` resolves
-the slots once (every alias of a tied parameter included) and swaps the entries of the owning
-modules' ``_parameters`` dicts for the call. ``nn.Module.__getattr__`` reads from that dict, so
-the forward pass sees the new tensors, and autograd tracks them.
+``setattr`` on each call: ~0.15-0.2 ms of the toolkit MNIST CNN's ~6.7 ms training step with
+``--compile`` (8 tensors; BENCHMARKS.md, fifth pass), where the whole generator costs ~0.6 ms.
+:class:`ParamSwap` resolves the slots once (every alias of a tied parameter included) and swaps
+the entries of the owning modules' ``_parameters`` dicts for the call. ``nn.Module.__getattr__``
+reads from that dict, so the forward pass sees the new tensors, and autograd tracks them.
 
 It falls back to ``functional_call`` wherever the dict swap could differ from it:
 - a module class that overrides ``__setattr__`` or ``__getattr__`` (``nn.LSTM`` and ``nn.GRU``
