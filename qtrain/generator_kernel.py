@@ -6,9 +6,10 @@ call to the compiled library each way (``gen_forward`` and ``gen_backward`` in
 :mod:`qtrain.mapping_kernel`), with their buffers in one work space. The kernel writes the
 target's tensors (each its own) and reads their gradients where autograd hands them over: no
 split, views or concatenation. Within a training step every torch call costs several
-microseconds (the network has just pushed the caches out), so against the same kernels as
-separate nodes this saves ~0.15 ms of the toolkit MNIST CNN's ~6.5 ms step
-(benchmarks/bench_step.py).
+microseconds (the network has just pushed the caches out): timed inside the toolkit MNIST CNN's
+~6.5 ms step, the node's forward + backward took 0.56-0.58 ms, against 0.72 ms for a first
+version that called the circuit's and the mapping's wrappers in turn (an ad-hoc script;
+BENCHMARKS.md, fifth pass).
 
 It applies where those kernels cover the generator whole: ``grad="backprop"`` with exact
 probabilities (no shots), a mapping with one hidden layer and fewer than 32 outputs, ``scaling
@@ -22,7 +23,7 @@ import ctypes
 
 import torch
 
-from .mapping_kernel import kernel_plan
+from .mapping_kernel import float32_cpu, kernel_plan
 from .native_kernel import load, stores_blocks
 from .ry_adjoint import grad_needed
 from .simulate import EXACT_QUBITS
@@ -64,8 +65,8 @@ class GeneratorKernel(torch.autograd.Function):
     """(angles, mapping, gain, shift) -> the generated tensors, in ``shapes``."""
 
     @staticmethod
-    def forward(ctx, angles, w1, b1, w2, b2, gain, shift, ref, gen, exact, shapes, keep):
-        plan, kernel = gen._kernel_plan, load()
+    def forward(ctx, angles, w1, b1, w2, b2, gain, shift, ref, plan, exact, shapes, keep):
+        kernel = load()
         blocks = angles.numel() // plan.qubits
         key = (exact, keep, blocks)
         lay = plan.layouts.get(key) or plan.layouts.setdefault(key, _Layout(plan, blocks, exact, keep))
@@ -113,10 +114,9 @@ def generate(gen, shapes: list[tuple[int, ...]]) -> tuple[torch.Tensor, ...] | N
     if not (plan.ok and plan.fuse_std):
         return None
     first, last = gen.mapping[0], gen.mapping[2]
-    for t in (gen.angles, first.weight, last.weight, gen.gain):
-        if t.dtype != torch.float32 or t.device.type != "cpu":
-            return None
+    if not float32_cpu(gen.angles, first.weight, last.weight, gen.gain):
+        return None
     exact = gen.estimator.simulator.precision == "exact" and gen.circuit.qubits <= EXACT_QUBITS
     gen.estimator._count(1)
     return GeneratorKernel.apply(gen.angles, first.weight, first.bias, last.weight, last.bias, gen.gain,
-                                 gen.shift, gen.ref, gen, exact, shapes, grad_needed(gen.angles))
+                                 gen.shift, gen.ref, plan, exact, shapes, grad_needed(gen.angles))

@@ -41,54 +41,42 @@ class MappingKernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p, w1, b1, w2, b2, gain, shift, ref, plan: _Plan):
-        return map_forward(ctx, p, w1, b1, w2, b2, gain, shift, ref, plan)
+        kernel = load()
+        num, width, k = p.shape[0], w1.shape[0], plan.k
+        w1, w2 = w1.contiguous(), w2.contiguous()
+        hidden = num * width
+        ws = torch.empty(2 * num + hidden * (2 if plan.gelu else 1))
+        base = ws.data_ptr()
+        out = torch.empty(num, k) if k else torch.empty(num, width)
+        kernel.map_forward(p.contiguous().data_ptr(), num, plan.rows, plan.lob, width, k, plan.act,
+                           *plan.post, w1.data_ptr(), b1.contiguous().data_ptr(), w2.data_ptr(),
+                           b2.contiguous().data_ptr(), base, base + 4 * num, base + 8 * num,
+                           base + 4 * (2 * num + hidden), out.data_ptr())
+        ctx.ws, ctx.plan, ctx.w1, ctx.w2 = ws, plan, w1, w2
+        if plan.fuse_std:
+            gain = gain.contiguous()
+            out, ctx.centred, ctx.istd = _standardise(kernel, out, gain, shift.contiguous(), ref, plan.numels,
+                                                      plan.size)
+            ctx.gain, ctx.ref = gain, ref
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        return *map_backward(ctx, grad), None, None
-
-
-def map_forward(ctx, p, w1, b1, w2, b2, gain, shift, ref, plan: _Plan) -> torch.Tensor:
-    """:class:`MappingKernel`'s forward pass, keeping what its backward pass needs on ``ctx``
-    (any object: :mod:`qtrain.generator_kernel` runs it inside its own node)."""
-    kernel = load()
-    num, width, k = p.shape[0], w1.shape[0], plan.k
-    w1, w2 = w1.contiguous(), w2.contiguous()
-    hidden = num * width
-    ws = torch.empty(2 * num + hidden * (2 if plan.gelu else 1))
-    base = ws.data_ptr()
-    out = torch.empty(num, k) if k else torch.empty(num, width)
-    kernel.map_forward(p.contiguous().data_ptr(), num, plan.rows, plan.lob, width, k, plan.act, *plan.post,
-                       w1.data_ptr(), b1.contiguous().data_ptr(), w2.data_ptr(),
-                       b2.contiguous().data_ptr(), base, base + 4 * num, base + 8 * num,
-                       base + 4 * (2 * num + hidden), out.data_ptr())
-    ctx.ws, ctx.plan, ctx.w1, ctx.w2 = ws, plan, w1, w2
-    if plan.fuse_std:
-        gain = gain.contiguous()
-        out, ctx.centred, ctx.istd = _standardise(kernel, out, gain, shift.contiguous(), ref, plan.numels,
-                                                  plan.size)
-        ctx.gain, ctx.ref = gain, ref
-    return out
-
-
-def map_backward(ctx, grad: torch.Tensor) -> tuple:
-    """:class:`MappingKernel`'s backward pass from what :func:`map_forward` kept on ``ctx``: the
-    gradients of p, w1, b1, w2, b2, gain and shift (the last four ``None`` where not computed)."""
-    kernel, plan, w1 = load(), ctx.plan, ctx.w1
-    num, width, k = plan.num, w1.shape[0], plan.k
-    ggain = gshift = None
-    grad = grad.contiguous()
-    if plan.fuse_std:
-        grad, ggain, gshift = _standardise_backward(kernel, grad, num * k, ctx.centred, ctx.istd, ctx.ref,
-                                                    ctx.gain, plan.numels)
-    gp, gw1, gb1 = torch.empty(num), torch.empty_like(w1), torch.empty(width)
-    gw2, gb2 = (torch.empty(k, width), torch.empty(k)) if k else (None, None)
-    base, hidden = ctx.ws.data_ptr(), num * width
-    kernel.map_backward(grad.data_ptr(), num, plan.rows, plan.lob, width, k, plan.act, base, base + 4 * num,
-                        base + 8 * num, base + 4 * (2 * num + hidden), w1.data_ptr(), ctx.w2.data_ptr(),
-                        gp.data_ptr(), gw1.data_ptr(), gb1.data_ptr(),
-                        gw2.data_ptr() if k else None, gb2.data_ptr() if k else None)
-    return gp, gw1, gb1, gw2, gb2, ggain, gshift
+        kernel, plan, w1 = load(), ctx.plan, ctx.w1
+        num, width, k = plan.num, w1.shape[0], plan.k
+        ggain = gshift = None
+        grad = grad.contiguous()
+        if plan.fuse_std:
+            grad, ggain, gshift = _standardise_backward(kernel, grad, num * k, ctx.centred, ctx.istd, ctx.ref,
+                                                        ctx.gain, plan.numels)
+        gp, gw1, gb1 = torch.empty(num), torch.empty_like(w1), torch.empty(width)
+        gw2, gb2 = (torch.empty(k, width), torch.empty(k)) if k else (None, None)
+        base, hidden = ctx.ws.data_ptr(), num * width
+        kernel.map_backward(grad.data_ptr(), num, plan.rows, plan.lob, width, k, plan.act, base,
+                            base + 4 * num, base + 8 * num, base + 4 * (2 * num + hidden), w1.data_ptr(),
+                            ctx.w2.data_ptr(), gp.data_ptr(), gw1.data_ptr(), gb1.data_ptr(),
+                            gw2.data_ptr() if k else None, gb2.data_ptr() if k else None)
+        return gp, gw1, gb1, gw2, gb2, ggain, gshift, None, None
 
 
 class _Plan:
@@ -109,7 +97,7 @@ class _Plan:
         self.full = layers[2].out_features < ROWS_MIN_OUT
         self.k = layers[2].out_features if self.full else 0
         self.tensor = c.scaling == "tensor"
-        self.numel_list = list(gen.segments.numels) if self.tensor else [gen.size]
+        self.numel_list = list(gen.segments.numels) if self.tensor else None
         self.numels = torch.tensor(self.numel_list, dtype=torch.int64) if self.tensor else None
         self.size = gen.size
         # the basis states whose outputs hold the M weights, in whole tiles of 64 (the kernel's)
@@ -157,6 +145,11 @@ class StandardiseKernel(torch.autograd.Function):
         return gflat, ggain, gshift, None, None
 
 
+def float32_cpu(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can take these tensors: float32, on the CPU."""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+
 def kernel_plan(gen) -> _Plan:
     """The kernel's plan for ``gen``, made on first use and kept on it."""
     plan = gen.__dict__.get("_kernel_plan")
@@ -173,9 +166,8 @@ def generate(gen, p: torch.Tensor) -> torch.Tensor | None:
     if not plan.ok or p.shape[0] < 4:
         return None
     first, last = gen.mapping[0], gen.mapping[2]
-    for t in (p, first.weight, last.weight) + ((gen.gain,) if plan.tensor else ()):
-        if t.dtype != torch.float32 or t.device.type != "cpu":
-            return None
+    if not float32_cpu(p, first.weight, last.weight, *((gen.gain,) if plan.tensor else ())):
+        return None
     std = (gen.gain, gen.shift, gen.ref) if plan.fuse_std else (None, None, None)
     out = MappingKernel.apply(p, first.weight, first.bias, last.weight, last.bias, *std, plan)
     if plan.fuse_std:

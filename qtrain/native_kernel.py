@@ -189,40 +189,29 @@ class RyProbsKernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, theta, dtype, keep):
-        return circuit_forward(ctx, theta, dtype, keep)
+        kernel = load()
+        batch, blocks, n = theta.shape
+        out = theta.dtype if (dtype, theta.dtype) in _SUFFIX else dtype
+        th = theta.detach().to(dtype=dtype, copy=False).contiguous()
+        probs = torch.empty(batch, 2**n, dtype=out)
+        stored = keep and stores_blocks(blocks, n, dtype)
+        states = torch.empty(batch, blocks if stored else 1, 2**n, dtype=dtype) if keep else None
+        kernel.forward[(dtype, out)](th.data_ptr(), batch, blocks, n,
+                                     states.data_ptr() if keep else None, stored, probs.data_ptr(),
+                                     torch.get_num_threads())
+        if keep:
+            ctx.th, ctx.states, ctx.stored, ctx.key = th, states, stored, (dtype, out)
+        return probs.to(theta.dtype, copy=False)
 
     @staticmethod
     def backward(ctx, grad_p):
-        return circuit_backward(ctx, grad_p), None, None
-
-
-def circuit_forward(ctx, theta: torch.Tensor, dtype: torch.dtype, keep: bool) -> torch.Tensor:
-    """:class:`RyProbsKernel`'s forward pass; with ``keep``, what its backward pass needs goes on
-    ``ctx`` (any object: :mod:`qtrain.generator_kernel` runs it inside its own node)."""
-    kernel = load()
-    batch, blocks, n = theta.shape
-    out = theta.dtype if (dtype, theta.dtype) in _SUFFIX else dtype
-    th = theta.detach().to(dtype=dtype, copy=False).contiguous()
-    probs = torch.empty(batch, 2**n, dtype=out)
-    stored = keep and stores_blocks(blocks, n, dtype)
-    states = torch.empty(batch, blocks if stored else 1, 2**n, dtype=dtype) if keep else None
-    kernel.forward[(dtype, out)](th.data_ptr(), batch, blocks, n,
-                                 states.data_ptr() if keep else None, stored, probs.data_ptr(),
-                                 torch.get_num_threads())
-    if keep:
-        ctx.th, ctx.states, ctx.stored, ctx.key = th, states, stored, (dtype, out)
-    return probs.to(theta.dtype, copy=False)
-
-
-def circuit_backward(ctx, grad_p: torch.Tensor) -> torch.Tensor:
-    """The angles' gradient (B, L, n) from what :func:`circuit_forward` kept on ``ctx``."""
-    th, out = ctx.th, ctx.key[1]
-    batch, blocks, n = th.shape
-    gp = grad_p.to(dtype=out).contiguous()
-    grad = torch.empty(batch, blocks, n, dtype=torch.float64)
-    load().backward[ctx.key](th.data_ptr(), batch, blocks, n, ctx.states.data_ptr(), ctx.stored,
-                             gp.data_ptr(), grad.data_ptr(), torch.get_num_threads())
-    return grad.to(grad_p.dtype)
+        th, out = ctx.th, ctx.key[1]
+        batch, blocks, n = th.shape
+        gp = grad_p.to(dtype=out).contiguous()
+        grad = torch.empty(batch, blocks, n, dtype=torch.float64)
+        load().backward[ctx.key](th.data_ptr(), batch, blocks, n, ctx.states.data_ptr(), ctx.stored,
+                                 gp.data_ptr(), grad.data_ptr(), torch.get_num_threads())
+        return grad.to(grad_p.dtype), None, None
 
 
 def ry_probs(theta: torch.Tensor, perm: torch.Tensor | None = None, inverse: torch.Tensor | None = None,
